@@ -1,0 +1,211 @@
+package tapproxy
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+)
+
+// A ResponseObserver is handed every exchange the proxy relays.
+//
+// ObserveResponse is called exactly once per proxied request, after the
+// response body has ended (at EOF, on an error, or when the client left) and
+// after its last byte went to the client; for a 101 Switching Protocols
+// response, when the upgraded connection closes. It is also called when no
+// response arrived, with [Exchange.Response] nil and [Exchange.Err] set.
+// Observers run in the order they were added, on the request's goroutine, so
+// they must be quick: a chunked response's final chunk goes out only when
+// they return.
+//
+// ctx carries the request's values but is not canceled when the client
+// leaves. Implementations must be safe for concurrent use, must treat ex as
+// read-only, and must not retain ex, its body, or its request and response
+// past the call: the proxy reuses their storage. A panic in an observer is
+// recovered and logged; it affects neither the response nor the other
+// observers.
+type ResponseObserver interface {
+	ObserveResponse(ctx context.Context, ex *Exchange)
+}
+
+// The ObserverFunc type is an adapter to allow the use of ordinary functions
+// as response observers. If f is a function with the appropriate signature,
+// ObserverFunc(f) is a [ResponseObserver] that calls f.
+type ObserverFunc func(ctx context.Context, ex *Exchange)
+
+// ObserveResponse calls f(ctx, ex).
+func (f ObserverFunc) ObserveResponse(ctx context.Context, ex *Exchange) { f(ctx, ex) }
+
+var _ ResponseObserver = ObserverFunc(nil)
+
+// An Exchange describes one proxied request and its response, as observers
+// see it. It and everything it refers to are valid only during the observer
+// call.
+type Exchange struct {
+	// Request is the outbound request as it was sent upstream, after the
+	// directors ran. Its body has been consumed; see RequestBody.
+	Request *http.Request
+
+	// Response is the upstream's response: its status, its headers, and
+	// (once the body ended) its trailers. Its body has been consumed; see
+	// Body. It is nil when no response arrived.
+	Response *http.Response
+
+	// Start is when the proxy received the request.
+	Start time.Time
+
+	// TimeToHeaders is the time from Start until the upstream's final
+	// (non-1xx) response headers arrived; zero when none arrived.
+	TimeToHeaders time.Duration
+
+	// Duration is the time from Start until the response ended: the last
+	// body byte was delivered, the exchange failed, or the upgraded
+	// connection closed.
+	Duration time.Duration
+
+	// BodyBytes counts the response body bytes delivered to the client:
+	// 0 when no upstream response arrived.
+	BodyBytes int64
+
+	// Truncated reports that Body holds fewer bytes than BodyBytes,
+	// because of the capture limit.
+	Truncated bool
+
+	// RequestBodyBytes counts the request body bytes sent upstream.
+	RequestBodyBytes int64
+
+	// RequestTruncated reports that RequestBody holds fewer bytes than
+	// RequestBodyBytes, because of the request capture limit.
+	RequestTruncated bool
+
+	// Upgraded reports a 101 Switching Protocols response whose connection
+	// was relayed until it closed. Upgraded exchanges have no capture.
+	Upgraded bool
+
+	// Err is nil when the exchange ended cleanly, and otherwise says why
+	// it did not. It matches one of ErrUpstreamUnavailable,
+	// ErrUpstreamTimeout, ErrUpstreamReset, ErrUpstreamMalformed or
+	// ErrClientGone with [errors.Is] when the failure is of such a kind,
+	// and wraps the underlying error. A client that received every byte of
+	// a body of declared length had a clean exchange, even if it closed the
+	// connection straight after.
+	Err error
+
+	body, reqBody []byte
+}
+
+// Body returns a new reader over the captured response body: the first bytes
+// of the body exactly as they were streamed to the client, up to the
+// capture limit. The response's Content-Encoding header says how they are
+// encoded. Each call starts at the first byte, so every observer reads its
+// own copy.
+func (ex *Exchange) Body() io.Reader { return bytes.NewReader(ex.body) }
+
+// RequestBody returns a new reader over the captured request body, up to the
+// limit set by [WithRequestCaptureLimit]. It is empty when request capture is
+// off.
+func (ex *Exchange) RequestBody() io.Reader { return bytes.NewReader(ex.reqBody) }
+
+// exchangeState is what the proxy tracks for one request, from ServeHTTP to
+// the observer calls. It is pooled.
+type exchangeState struct {
+	ex     Exchange
+	target *url.URL // the proxy's, for directors that re-route
+	body   responseTee
+	resp   bodyBuffer
+	req    *requestTee
+	err    error // from the error handler, classified
+	served bool  // ReverseProxy.ServeHTTP returned rather than panicked
+}
+
+var states = sync.Pool{New: func() any { return new(exchangeState) }}
+
+type stateKey struct{}
+
+func stateFrom(ctx context.Context) *exchangeState {
+	st, _ := ctx.Value(stateKey{}).(*exchangeState)
+	return st
+}
+
+func (st *exchangeState) release() {
+	st.resp.release()
+	if st.req != nil {
+		st.req.release()
+	}
+	*st = exchangeState{}
+	states.Put(st)
+}
+
+// responseTee is the response body the ReverseProxy copies to the client.
+// It copies what it reads into the capture and keeps the count of delivered
+// bytes: the proxy asks for the next bytes only after it wrote the previous
+// ones, so bytes are counted as delivered when the next Read comes, or when
+// the copy returns cleanly.
+type responseTee struct {
+	rc      io.ReadCloser
+	st      *exchangeState
+	pending int64 // read, not yet known to be delivered
+	eof     bool
+	readErr error
+}
+
+func (t *responseTee) Read(p []byte) (int, error) {
+	n, err := t.rc.Read(p)
+	st := t.st
+	st.ex.BodyBytes += t.pending
+	t.pending = int64(n)
+	if n > 0 && st.resp.limit > 0 {
+		st.resp.Write(p[:n])
+	}
+	if err == io.EOF {
+		t.eof = true
+	} else if err != nil {
+		t.readErr = err
+	}
+	return n, err
+}
+
+func (t *responseTee) Close() error { return t.rc.Close() }
+
+// requestTee counts and captures the request body as the transport reads
+// it. The transport may read on its own goroutine, even after the handler
+// returned, so the capture is guarded and stopped before observers see it.
+type requestTee struct {
+	rc      io.ReadCloser
+	mu      sync.Mutex
+	buf     bodyBuffer
+	stopped bool
+}
+
+func (t *requestTee) Read(p []byte) (int, error) {
+	n, err := t.rc.Read(p)
+	if n > 0 {
+		t.mu.Lock()
+		if !t.stopped {
+			t.buf.Write(p[:n])
+		}
+		t.mu.Unlock()
+	}
+	return n, err
+}
+
+func (t *requestTee) Close() error { return t.rc.Close() }
+
+// stop ends counting and capture and reports what they saw. Reads after it
+// still pass through, so the captured bytes stay as they are.
+func (t *requestTee) stop() (data []byte, total int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.stopped = true
+	return t.buf.bytes(), t.buf.total
+}
+
+// release returns the capture storage to its pool; call it after stop.
+func (t *requestTee) release() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf.release()
+}

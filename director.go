@@ -1,0 +1,121 @@
+package tapproxy
+
+import (
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+)
+
+// A Director rewrites the outbound request of a proxied exchange. Directors
+// run inside [httputil.ReverseProxy.Rewrite], after the proxy has routed
+// pr.Out to the target with [httputil.ProxyRequest.SetURL]. By then inbound
+// Forwarded and X-Forwarded-* headers and hop-by-hop headers are gone, so a
+// client cannot remove or spoof a header that a director sets.
+//
+// A Director must not retain pr or its contents after returning, and must
+// not modify pr.In.
+type Director func(pr *httputil.ProxyRequest)
+
+// Mutate adapts a function that modifies a plain outbound request, such as
+// an existing Director-style hook, to a Director.
+func Mutate(f func(out *http.Request)) Director {
+	return func(pr *httputil.ProxyRequest) { f(pr.Out) }
+}
+
+// SetHeader returns a Director that sets the outbound header key to value,
+// replacing any values it had.
+func SetHeader(key, value string) Director {
+	return func(pr *httputil.ProxyRequest) { pr.Out.Header.Set(key, value) }
+}
+
+// DeleteHeader returns a Director that removes the outbound header key.
+func DeleteHeader(key string) Director {
+	return func(pr *httputil.ProxyRequest) { pr.Out.Header.Del(key) }
+}
+
+// PreserveHost returns a Director that sends the inbound Host header
+// upstream instead of the target's host.
+func PreserveHost() Director {
+	return func(pr *httputil.ProxyRequest) { pr.Out.Host = pr.In.Host }
+}
+
+// ForwardedHeaders returns a Director that sets X-Forwarded-For,
+// X-Forwarded-Host and X-Forwarded-Proto from the inbound request, with
+// [httputil.ProxyRequest.SetXForwarded]. Without it none are sent: values a
+// client sent are always dropped.
+func ForwardedHeaders() Director {
+	return func(pr *httputil.ProxyRequest) { pr.SetXForwarded() }
+}
+
+// StripPrefix returns a Director that removes prefix from the inbound path
+// before it is joined to the target's path: with target http://svc/v1 and
+// prefix /api, a request for /api/users goes to /v1/users. The prefix
+// matches whole path segments (/api matches /api and /api/x, not /apix),
+// and a trailing slash on it is ignored. A path without the prefix passes
+// unchanged. StripPrefix derives the path from the inbound request, so it
+// replaces path changes made by directors before it.
+func StripPrefix(prefix string) Director {
+	prefix = strings.TrimSuffix(prefix, "/")
+	return func(pr *httputil.ProxyRequest) {
+		in := pr.In.URL
+		path, ok := cutSegmentPrefix(in.Path, prefix)
+		if !ok {
+			return
+		}
+		stripped := url.URL{Path: path}
+		if raw, ok := cutSegmentPrefix(in.RawPath, prefix); ok {
+			// Keep the client's escaping where the prefix appears in it
+			// as it is; otherwise the path is escaped afresh.
+			stripped.RawPath = raw
+		}
+		var base url.URL
+		if st := stateFrom(pr.Out.Context()); st != nil {
+			base = *st.target
+		}
+		pr.Out.URL.Path, pr.Out.URL.RawPath = joinURLPath(&base, &stripped)
+	}
+}
+
+// cutSegmentPrefix returns path without prefix, keeping its leading slash,
+// if prefix is path or a run of its leading segments.
+func cutSegmentPrefix(path, prefix string) (string, bool) {
+	rest, ok := strings.CutPrefix(path, prefix)
+	switch {
+	case !ok || prefix == "":
+		return path, false
+	case rest == "":
+		return "/", true
+	case rest[0] == '/':
+		return rest, true
+	}
+	return path, false
+}
+
+// joinURLPath joins a's and b's paths as [httputil.ProxyRequest.SetURL]
+// does, keeping the raw (escaped) forms consistent.
+func joinURLPath(a, b *url.URL) (path, rawpath string) {
+	if a.RawPath == "" && b.RawPath == "" {
+		return singleJoiningSlash(a.Path, b.Path), ""
+	}
+	apath, bpath := a.EscapedPath(), b.EscapedPath()
+	aslash, bslash := strings.HasSuffix(apath, "/"), strings.HasPrefix(bpath, "/")
+	switch {
+	case aslash && bslash:
+		return a.Path + b.Path[1:], apath + bpath[1:]
+	case !aslash && !bslash:
+		return a.Path + "/" + b.Path, apath + "/" + bpath
+	}
+	return a.Path + b.Path, apath + bpath
+}
+
+func singleJoiningSlash(a, b string) string {
+	aslash, bslash := strings.HasSuffix(a, "/"), strings.HasPrefix(b, "/")
+	switch {
+	case aslash && bslash:
+		return a + b[1:]
+	case !aslash && !bslash:
+		return a + "/" + b
+	}
+	return a + b
+}

@@ -1,0 +1,28 @@
+// Package tapproxy is an observing reverse proxy: an [http.Handler] built on
+// [httputil.ReverseProxy] that streams every response to the client as it
+// arrives and hands each exchange to a chain of observers, with a size-capped
+// copy of the response body teed off while it streamed.
+//
+// Quick start: put a proxy in front of a service and log its responses.
+//
+//	target, _ := url.Parse("http://127.0.0.1:9000")
+//	proxy, err := tapproxy.New(target,
+//		tapproxy.WithDirector(tapproxy.StripPrefix("/api")),
+//		tapproxy.WithObserver(tapproxy.ObserverFunc(func(ctx context.Context, ex *tapproxy.Exchange) {
+//			body, _ := io.ReadAll(ex.Body()) // at most the capture limit
+//			log.Printf("%s %s: %d bytes, %v", ex.Request.Method, ex.Request.URL, ex.BodyBytes, ex.Err)
+//			_ = body
+//		})))
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	log.Fatal(http.ListenAndServe(":8080", proxy))
+//
+// Directors ([Director]) rewrite the outbound request; they run inside
+// ReverseProxy's Rewrite hook, so clients cannot spoof X-Forwarded-* or strip
+// headers that a director sets. Observers ([ResponseObserver]) run once per
+// request after the body ended, each reading its own view of the capture
+// through [Exchange.Body]. Upgrades (WebSocket), 1xx responses, trailers,
+// flushing of streams, HTTP/2 and gRPC pass through as with a bare
+// ReverseProxy.
+package tapproxy

@@ -1,0 +1,158 @@
+package tapproxy
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// An Option configures a [Proxy]. Options are applied by [New] in the order
+// given; each option's documentation says what repeating it does.
+type Option interface {
+	apply(*config)
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+// DefaultCaptureLimit is the number of response body bytes kept for
+// observers when [WithCaptureLimit] is not given.
+const DefaultCaptureLimit = 64 << 10
+
+// config is what the options build; New validates it once.
+type config struct {
+	directors      []Director
+	observers      []ResponseObserver
+	captureLimit   int64
+	reqCapture     int64
+	transport      http.RoundTripper
+	flushInterval  time.Duration
+	errorHandler   func(http.ResponseWriter, *http.Request, error)
+	modifyResponse func(*http.Response) error
+	logger         *slog.Logger
+}
+
+func newConfig(opts []Option) *config {
+	c := &config{captureLimit: DefaultCaptureLimit}
+	for _, o := range opts {
+		if o != nil {
+			o.apply(c)
+		}
+	}
+	if c.transport == nil {
+		c.transport = NewTransport()
+	}
+	if c.logger == nil {
+		c.logger = slog.Default()
+	}
+	return c
+}
+
+// WithDirector adds directors that rewrite each outbound request. They run in
+// order after the request has been routed to the target (see [Director]).
+//
+// Repeated use accumulates: WithDirector(a) + WithDirector(b, c) ==
+// WithDirector(a, b, c). Nil directors are skipped. By default there are none.
+func WithDirector(d ...Director) Option {
+	return optionFunc(func(c *config) {
+		for _, d := range d {
+			if d != nil {
+				c.directors = append(c.directors, d)
+			}
+		}
+	})
+}
+
+// WithObserver adds observers that are handed every exchange, in order, once
+// the response has ended (see [ResponseObserver]).
+//
+// Repeated use accumulates: WithObserver(a) + WithObserver(b, c) ==
+// WithObserver(a, b, c). Nil observers are skipped. By default there are none.
+func WithObserver(o ...ResponseObserver) Option {
+	return optionFunc(func(c *config) {
+		for _, o := range o {
+			if o != nil {
+				c.observers = append(c.observers, o)
+			}
+		}
+	})
+}
+
+// WithCaptureLimit sets how many bytes of each response body are kept for
+// observers; the rest streams to the client and is only counted. The default
+// is [DefaultCaptureLimit] (64 KiB). Zero keeps no bytes, but observers still
+// run. A negative value makes [New] fail. The last call wins.
+func WithCaptureLimit(n int64) Option {
+	return optionFunc(func(c *config) { c.captureLimit = n })
+}
+
+// WithRequestCaptureLimit sets how many bytes of each request body are kept
+// for observers, read from the body as it streams upstream (see
+// [Exchange.RequestBody]). The default is 0: request bodies are not captured.
+// A negative value makes [New] fail. The last call wins.
+func WithRequestCaptureLimit(n int64) Option {
+	return optionFunc(func(c *config) { c.reqCapture = n })
+}
+
+// WithTransport sets the round tripper used to reach the upstream. The
+// default is a transport from [NewTransport]. Nil keeps the default. The last
+// call wins.
+func WithTransport(rt http.RoundTripper) Option {
+	return optionFunc(func(c *config) {
+		if rt != nil {
+			c.transport = rt
+		}
+	})
+}
+
+// WithFlushInterval sets how often buffered response bytes are flushed to
+// the client, with the meaning of [httputil.ReverseProxy.FlushInterval]: zero
+// (the default) flushes Server-Sent Events and bodies of unknown length at
+// once and others when the handler returns; a negative value flushes after
+// every write. The last call wins.
+func WithFlushInterval(d time.Duration) Option {
+	return optionFunc(func(c *config) { c.flushInterval = d })
+}
+
+// WithErrorHandler sets the function that answers the client when no
+// response can be relayed: the upstream is unreachable, timed out, sent an
+// invalid response, or the [WithModifyResponse] hook failed. The error it is
+// given matches the kinds of [Exchange.Err] with [errors.Is]. The default
+// answers 504 Gateway Timeout for [ErrUpstreamTimeout] and 502 Bad Gateway
+// otherwise. Nil keeps the default. The last call wins.
+//
+// Observers see the exchange either way; the handler need not report it.
+func WithErrorHandler(h func(http.ResponseWriter, *http.Request, error)) Option {
+	return optionFunc(func(c *config) {
+		if h != nil {
+			c.errorHandler = h
+		}
+	})
+}
+
+// WithModifyResponse sets a hook that may change the upstream response
+// before it is sent to the client and captured: observers see what the
+// client gets. If the hook replaces the body but leaves the Content-Length
+// as it was, the proxy drops the stale length so that the framing stays
+// correct. If the hook returns an error, the error handler answers instead.
+// By default there is no hook. Nil keeps the default. The last call wins.
+func WithModifyResponse(f func(*http.Response) error) Option {
+	return optionFunc(func(c *config) {
+		if f != nil {
+			c.modifyResponse = f
+		}
+	})
+}
+
+// WithLogger sets where the proxy logs: upstream failures, observer panics,
+// and what [httputil.ReverseProxy] itself would log. A client that went away
+// is not a proxy failure and is not logged. The default is [slog.Default] at
+// the time [New] runs. Nil keeps the default. The last call wins.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(c *config) {
+		if l != nil {
+			c.logger = l
+		}
+	})
+}
