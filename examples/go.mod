@@ -2,6 +2,12 @@ module github.com/tapproxy/tapproxy/examples
 
 go 1.26
 
-require github.com/tapproxy/tapproxy v0.0.0
+require (
+	github.com/stretchr/testify v1.12.1
+	github.com/tapproxy/tapproxy v0.0.0
+	go.uber.org/goleak v1.3.0
+)
+
+require go.yaml.in/yaml/v3 v3.0.5 // indirect
 
 replace github.com/tapproxy/tapproxy => ../
