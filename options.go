@@ -3,6 +3,7 @@ package tapproxy
 import (
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -31,10 +32,12 @@ type config struct {
 	errorHandler   func(http.ResponseWriter, *http.Request, error)
 	modifyResponse func(*http.Response) error
 	logger         *slog.Logger
+	decoders       map[string]Decoder
+	decodeLimit    int64
 }
 
 func newConfig(opts []Option) *config {
-	c := &config{captureLimit: DefaultCaptureLimit}
+	c := &config{captureLimit: DefaultCaptureLimit, decodeLimit: DefaultDecodeLimit}
 	for _, o := range opts {
 		if o != nil {
 			o.apply(c)
@@ -155,4 +158,29 @@ func WithLogger(l *slog.Logger) Option {
 			c.logger = l
 		}
 	})
+}
+
+// WithDecoder registers a [Decoder] for the content coding name (such as
+// "br" or "zstd"), used by [Exchange.DecodedBody]. gzip and deflate are
+// built in; registering them replaces the built-in decoder. Names are case
+// insensitive. Repeated use accumulates, and a later registration of the
+// same name wins. A nil decoder is ignored.
+func WithDecoder(name string, d Decoder) Option {
+	return optionFunc(func(c *config) {
+		if d == nil {
+			return
+		}
+		if c.decoders == nil {
+			c.decoders = make(map[string]Decoder)
+		}
+		c.decoders[strings.ToLower(name)] = d
+	})
+}
+
+// WithDecodeLimit caps how many decoded bytes [Exchange.DecodedBody] yields,
+// against decompression bombs. The default is [DefaultDecodeLimit] (1 MiB).
+// Zero decodes nothing. A negative value makes [New] fail. The last call
+// wins.
+func WithDecodeLimit(n int64) Option {
+	return optionFunc(func(c *config) { c.decodeLimit = n })
 }

@@ -29,6 +29,8 @@ type Proxy struct {
 	logger         *slog.Logger
 	captures       capturePool
 	reqCaptures    capturePool
+	decoders       map[string]Decoder
+	decodeLimit    int64
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -51,6 +53,9 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 	if c.captureLimit < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: capture limit %d is negative", c.captureLimit))
 	}
+	if c.decodeLimit < 0 {
+		errs = append(errs, fmt.Errorf("tapproxy: decode limit %d is negative", c.decodeLimit))
+	}
 	if c.reqCapture < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: request capture limit %d is negative", c.reqCapture))
 	}
@@ -67,6 +72,8 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 		errorHandler:   c.errorHandler,
 		modifyResponse: c.modifyResponse,
 		logger:         c.logger,
+		decoders:       c.decoders,
+		decodeLimit:    c.decodeLimit,
 	}
 	if len(c.observers) > 0 {
 		// Without observers nobody reads the capture, so take none.
@@ -91,7 +98,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.ex.Start = time.Now()
 	st.target = p.target
 	st.resp.limit, st.resp.pool = p.captureLimit, &p.captures
-	ctx := context.WithValue(r.Context(), stateKey{}, st)
+	ctx := contextWithState(r.Context(), st)
 	// finish is deferred so that it also runs when ReverseProxy aborts the
 	// response with http.ErrAbortHandler; that panic then goes on to the
 	// server, which closes the connection.
@@ -225,10 +232,12 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 		ex.RequestTruncated = int64(len(ex.reqBody)) < ex.RequestBodyBytes
 	}
 	if len(p.observers) > 0 {
+		ex.decoders, ex.decodeLimit = p.decoders, p.decodeLimit
 		octx := context.WithoutCancel(ctx)
 		for _, o := range p.observers {
 			p.observe(octx, o, ex)
 		}
+		ex.closeDecoders()
 	}
 	st.release()
 }
