@@ -3,6 +3,7 @@ package tapproxy_test
 import (
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -159,6 +160,64 @@ func TestDirectors(t *testing.T) {
 			res.Body.Close()
 			require.Equal(t, http.StatusOK, res.StatusCode)
 			tt.check(t, <-got, hostOf(up), hostOf(front.URL))
+		})
+	}
+}
+
+func TestTrustedForwardedHeaders(t *testing.T) {
+	loopback := netip.MustParsePrefix("127.0.0.0/8")
+	elsewhere := netip.MustParsePrefix("10.0.0.0/8")
+	inbound := http.Header{
+		"X-Forwarded-For":   {"203.0.113.9", "198.51.100.2"},
+		"X-Forwarded-Host":  {"shop.example"},
+		"X-Forwarded-Proto": {"https"},
+		"Forwarded":         {"for=203.0.113.9;proto=https"},
+	}
+	tests := []struct {
+		name    string
+		trusted []netip.Prefix
+		check   func(t *testing.T, s seen, front string)
+	}{
+		{
+			name:    "from a trusted peer: kept, and this hop appended",
+			trusted: []netip.Prefix{elsewhere, loopback},
+			check: func(t *testing.T, s seen, _ string) {
+				assert.Equal(t, "203.0.113.9, 198.51.100.2, 127.0.0.1", s.Header.Get("X-Forwarded-For"))
+				assert.Equal(t, "shop.example", s.Header.Get("X-Forwarded-Host"))
+				assert.Equal(t, "https", s.Header.Get("X-Forwarded-Proto"))
+				assert.Equal(t, "for=203.0.113.9;proto=https, for=127.0.0.1", s.Header.Get("Forwarded"))
+			},
+		},
+		{
+			name:    "from an untrusted peer: replaced",
+			trusted: []netip.Prefix{elsewhere},
+			check: func(t *testing.T, s seen, front string) {
+				assert.Equal(t, "127.0.0.1", s.Header.Get("X-Forwarded-For"))
+				assert.Equal(t, front, s.Header.Get("X-Forwarded-Host"))
+				assert.Equal(t, "http", s.Header.Get("X-Forwarded-Proto"))
+				assert.Empty(t, s.Header.Get("Forwarded"))
+			},
+		},
+		{
+			name: "with no prefixes nobody is trusted",
+			check: func(t *testing.T, s seen, _ string) {
+				assert.Equal(t, "127.0.0.1", s.Header.Get("X-Forwarded-For"))
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up, got := newEcho(t)
+			front := newFrontend(t, up, tapproxy.WithDirector(tapproxy.TrustedForwardedHeaders(tt.trusted...)))
+			req, err := http.NewRequest(http.MethodGet, front.URL, nil)
+			require.NoError(t, err)
+			for k, v := range inbound {
+				req.Header[k] = v
+			}
+			res, err := front.Client().Do(req)
+			require.NoError(t, err)
+			res.Body.Close()
+			tt.check(t, <-got, hostOf(front.URL))
 		})
 	}
 }
