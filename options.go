@@ -23,17 +23,18 @@ const DefaultCaptureLimit = 64 << 10
 
 // config is what the options build; New validates it once.
 type config struct {
-	directors      []Director
-	observers      []ResponseObserver
-	captureLimit   int64
-	reqCapture     int64
-	transport      http.RoundTripper
-	flushInterval  time.Duration
-	errorHandler   func(http.ResponseWriter, *http.Request, error)
-	modifyResponse func(*http.Response) error
-	logger         *slog.Logger
-	decoders       map[string]Decoder
-	decodeLimit    int64
+	directors       []Director
+	observers       []ResponseObserver
+	captureLimit    int64
+	reqCapture      int64
+	transport       http.RoundTripper
+	flushInterval   time.Duration
+	errorHandler    func(http.ResponseWriter, *http.Request, error)
+	modifyResponse  func(*http.Response) error
+	logger          *slog.Logger
+	decoders        map[string]Decoder
+	decodeLimit     int64
+	showCredentials bool
 }
 
 func newConfig(opts []Option) *config {
@@ -183,4 +184,13 @@ func WithDecoder(name string, d Decoder) Option {
 // wins.
 func WithDecodeLimit(n int64) Option {
 	return optionFunc(func(c *config) { c.decodeLimit = n })
+}
+
+// WithUnredactedCredentials lets observers see the values of credential
+// headers: Authorization, Proxy-Authorization and Cookie on the request, and
+// Set-Cookie on the response. By default observers see them redacted ("Bearer
+// REDACTED", "session=REDACTED"); the request and response the proxy relays
+// are never changed either way. Repeating it has no further effect.
+func WithUnredactedCredentials() Option {
+	return optionFunc(func(c *config) { c.showCredentials = true })
 }

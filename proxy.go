@@ -18,19 +18,20 @@ import (
 // the client as it arrives, while a size-capped copy of its body is taken
 // for the observers. Create one with [New]; it is safe for concurrent use.
 type Proxy struct {
-	rp             httputil.ReverseProxy
-	target         *url.URL
-	directors      []Director
-	observers      []ResponseObserver
-	captureLimit   int
-	reqCapture     int
-	errorHandler   func(http.ResponseWriter, *http.Request, error)
-	modifyResponse func(*http.Response) error
-	logger         *slog.Logger
-	captures       capturePool
-	reqCaptures    capturePool
-	decoders       map[string]Decoder
-	decodeLimit    int64
+	rp              httputil.ReverseProxy
+	target          *url.URL
+	directors       []Director
+	observers       []ResponseObserver
+	captureLimit    int
+	reqCapture      int
+	errorHandler    func(http.ResponseWriter, *http.Request, error)
+	modifyResponse  func(*http.Response) error
+	logger          *slog.Logger
+	captures        capturePool
+	reqCaptures     capturePool
+	decoders        map[string]Decoder
+	decodeLimit     int64
+	showCredentials bool
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -65,15 +66,16 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 
 	t := *target // the caller may reuse theirs
 	p := &Proxy{
-		target:         &t,
-		directors:      c.directors,
-		observers:      c.observers,
-		reqCapture:     int(min(c.reqCapture, math.MaxInt32)),
-		errorHandler:   c.errorHandler,
-		modifyResponse: c.modifyResponse,
-		logger:         c.logger,
-		decoders:       c.decoders,
-		decodeLimit:    c.decodeLimit,
+		target:          &t,
+		directors:       c.directors,
+		observers:       c.observers,
+		reqCapture:      int(min(c.reqCapture, math.MaxInt32)),
+		errorHandler:    c.errorHandler,
+		modifyResponse:  c.modifyResponse,
+		logger:          c.logger,
+		decoders:        c.decoders,
+		decodeLimit:     c.decodeLimit,
+		showCredentials: c.showCredentials,
 	}
 	if len(c.observers) > 0 {
 		// Without observers nobody reads the capture, so take none.
@@ -232,6 +234,9 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 		ex.RequestTruncated = int64(len(ex.reqBody)) < ex.RequestBodyBytes
 	}
 	if len(p.observers) > 0 {
+		if !p.showCredentials {
+			redactCredentials(ex)
+		}
 		ex.decoders, ex.decodeLimit = p.decoders, p.decodeLimit
 		octx := context.WithoutCancel(ctx)
 		for _, o := range p.observers {
