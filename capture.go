@@ -81,6 +81,13 @@ type Exchange struct {
 	// RequestBodyBytes, because of the request capture limit.
 	RequestTruncated bool
 
+	// CaptureSkipped reports that the proxy's capture budget (see
+	// [WithCaptureBudget]) was spent while this exchange's response or
+	// request body was being captured: that capture holds fewer bytes
+	// than its limit would have kept, possibly none, and Truncated or
+	// RequestTruncated is true. The bytes relayed are never affected.
+	CaptureSkipped bool
+
 	// Upgraded reports a 101 Switching Protocols response whose connection
 	// was relayed until it closed. Upgraded exchanges have no capture.
 	Upgraded bool
@@ -203,11 +210,11 @@ func (t *requestTee) Close() error { return t.rc.Close() }
 
 // stop ends counting and capture and reports what they saw. Reads after it
 // still pass through, so the captured bytes stay as they are.
-func (t *requestTee) stop() (data []byte, total int64) {
+func (t *requestTee) stop() (data []byte, total int64, overBudget bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.stopped = true
-	return t.buf.bytes(), t.buf.total
+	return t.buf.bytes(), t.buf.total, t.buf.overBudget
 }
 
 // release returns the capture storage to its pool; call it after stop.

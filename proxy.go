@@ -29,6 +29,7 @@ type Proxy struct {
 	logger          *slog.Logger
 	captures        capturePool
 	reqCaptures     capturePool
+	budget          *captureBudget // nil: captures are not bounded together
 	decoders        map[string]Decoder
 	decodeLimit     int64
 	showCredentials bool
@@ -60,6 +61,9 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 	if c.reqCapture < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: request capture limit %d is negative", c.reqCapture))
 	}
+	if c.captureBudget < 0 {
+		errs = append(errs, fmt.Errorf("tapproxy: capture budget %d is negative", c.captureBudget))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -76,6 +80,9 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 		decoders:        c.decoders,
 		decodeLimit:     c.decodeLimit,
 		showCredentials: c.showCredentials,
+	}
+	if c.captureBudget > 0 {
+		p.budget = &captureBudget{limit: c.captureBudget}
 	}
 	if len(c.observers) > 0 {
 		// Without observers nobody reads the capture, so take none.
@@ -99,7 +106,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := states.Get().(*exchangeState)
 	st.ex.Start = time.Now()
 	st.target = p.target
-	st.resp.limit, st.resp.pool = p.captureLimit, &p.captures
+	st.resp.limit, st.resp.pool, st.resp.budget = p.captureLimit, &p.captures, p.budget
 	ctx := contextWithState(r.Context(), st)
 	// finish is deferred so that it also runs when ReverseProxy aborts the
 	// response with http.ErrAbortHandler; that panic then goes on to the
@@ -118,7 +125,7 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	if pr.Out.Body != nil {
 		st := stateFrom(pr.Out.Context())
 		st.req = &requestTee{rc: pr.Out.Body}
-		st.req.buf.limit, st.req.buf.pool = p.reqCapture, &p.reqCaptures
+		st.req.buf.limit, st.req.buf.pool, st.req.buf.budget = p.reqCapture, &p.reqCaptures, p.budget
 		pr.Out.Body = st.req
 	}
 }
@@ -229,9 +236,12 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 		ex.body = body
 	}
 	ex.Truncated = int64(len(ex.body)) < ex.BodyBytes
+	ex.CaptureSkipped = st.resp.overBudget
 	if st.req != nil {
-		ex.reqBody, ex.RequestBodyBytes = st.req.stop()
+		var over bool
+		ex.reqBody, ex.RequestBodyBytes, over = st.req.stop()
 		ex.RequestTruncated = int64(len(ex.reqBody)) < ex.RequestBodyBytes
+		ex.CaptureSkipped = ex.CaptureSkipped || over
 	}
 	if len(p.observers) > 0 {
 		if !p.showCredentials {
