@@ -4,6 +4,9 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 )
 
 // An Option configures a [Proxy]. Options are applied by [New] in the order
@@ -31,6 +34,8 @@ type config struct {
 	errorHandler   func(http.ResponseWriter, *http.Request, error)
 	modifyResponse func(*http.Response) error
 	logger         *slog.Logger
+	meterProvider  metric.MeterProvider
+	route          func(*http.Request) string
 }
 
 func newConfig(opts []Option) *config {
@@ -45,6 +50,9 @@ func newConfig(opts []Option) *config {
 	}
 	if c.logger == nil {
 		c.logger = slog.Default()
+	}
+	if c.meterProvider == nil {
+		c.meterProvider = otel.GetMeterProvider()
 	}
 	return c
 }
@@ -153,6 +161,41 @@ func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(c *config) {
 		if l != nil {
 			c.logger = l
+		}
+	})
+}
+
+// WithMeterProvider sets the OpenTelemetry MeterProvider the proxy records
+// its metrics with: the HTTP semantic conventions' server metrics for the
+// client-facing leg, their client metrics for the upstream leg, and its own
+// under "tapproxy." (the README lists them all). [New] creates the Meter,
+// named [ScopeName] with version [Version], and its instruments once.
+//
+// The default is [otel.GetMeterProvider] at the time New runs, which records
+// nothing until the application sets a global provider. Nil keeps the
+// default. The last call wins. When the provider records nothing, recording
+// costs a few checks per request and no allocations.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(c *config) {
+		if mp != nil {
+			c.meterProvider = mp
+		}
+	})
+}
+
+// WithRoute sets the function that names the route of an inbound request,
+// recorded as the http.route attribute of the client-facing leg's metrics.
+// It is called once per request, after the response ended, with the request
+// as the client sent it, and must return a low-cardinality template such as
+// "/users/{id}", never the raw path; an empty string leaves the attribute
+// out for that request. It must be safe for concurrent use.
+//
+// By default there is none, and no metric carries http.route. A nil function
+// is ignored. The last call wins.
+func WithRoute(f func(r *http.Request) string) Option {
+	return optionFunc(func(c *config) {
+		if f != nil {
+			c.route = f
 		}
 	})
 }
