@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
@@ -662,4 +663,74 @@ func TestNewFailsWhenAnInstrumentCannotBeCreated(t *testing.T) {
 	assert.Nil(t, p)
 	assert.True(t, strings.HasPrefix(err.Error(), "tapproxy: "), err.Error())
 	assert.Contains(t, err.Error(), "no room for tapproxy.capture.bytes")
+}
+
+// BenchmarkMetrics compares a proxied request with metrics off (the default,
+// a provider that records nothing) and on (the SDK), through real servers.
+func BenchmarkMetrics(b *testing.B) {
+	up := newUpstream(b, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
+	cases := []struct {
+		name string
+		mp   func(b *testing.B) metric.MeterProvider
+	}{
+		{"off", func(*testing.B) metric.MeterProvider { return noop.NewMeterProvider() }},
+		{"on", func(b *testing.B) metric.MeterProvider { mp, _ := newReader(b); return mp }},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			front := newFrontend(b, up.URL, tapproxy.WithMeterProvider(c.mp(b)))
+			client := front.Client()
+			b.ReportAllocs()
+			for b.Loop() {
+				res, err := client.Get(front.URL)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+		})
+	}
+}
+
+// roundTripFunc answers without a network, to measure the proxy alone.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// BenchmarkMetricsInProcess is BenchmarkMetrics without the network: the
+// proxy's ServeHTTP with a canned upstream response, so that the cost of
+// recording stands out.
+func BenchmarkMetricsInProcess(b *testing.B) {
+	target, err := url.Parse("http://127.0.0.1:1")
+	require.NoError(b, err)
+	upstream := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		return &http.Response{
+			StatusCode: http.StatusOK, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{}, ContentLength: 2, Body: io.NopCloser(strings.NewReader("ok")), Request: r,
+		}, nil
+	})
+	cases := []struct {
+		name string
+		mp   func(b *testing.B) metric.MeterProvider
+	}{
+		{"off", func(*testing.B) metric.MeterProvider { return noop.NewMeterProvider() }},
+		{"on", func(b *testing.B) metric.MeterProvider { mp, _ := newReader(b); return mp }},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			p, err := tapproxy.New(target, tapproxy.WithTransport(upstream), tapproxy.WithMeterProvider(c.mp(b)),
+				tapproxy.WithLogger(testLogger(b)))
+			require.NoError(b, err)
+			req := httptest.NewRequest(http.MethodGet, "http://proxy/x", nil)
+			b.ReportAllocs()
+			for b.Loop() {
+				w := httptest.NewRecorder()
+				p.ServeHTTP(w, req)
+				if w.Code != http.StatusOK {
+					b.Fatal(w.Code)
+				}
+			}
+		})
+	}
 }
