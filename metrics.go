@@ -3,7 +3,9 @@ package tapproxy
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -163,7 +165,8 @@ type meters struct {
 	obsDuration    metric.Float64Histogram
 	obsPanics      metric.Int64Counter
 
-	route func(*http.Request) string
+	route  func(*http.Request) string
+	logger *slog.Logger
 
 	// Options for attribute sets known in advance: built once, so that
 	// recording them allocates nothing.
@@ -177,11 +180,11 @@ type meters struct {
 	client attrCache[clientKey, clientOptions]
 }
 
-func newMeters(mp metric.MeterProvider, route func(*http.Request) string, observers int) (*meters, error) {
-	meter := mp.Meter(ScopeName,
+func newMeters(c *config) (*meters, error) {
+	meter := c.meterProvider.Meter(ScopeName,
 		metric.WithInstrumentationVersion(Version),
 		metric.WithSchemaURL(semconv.SchemaURL))
-	m := &meters{route: route}
+	m := &meters{route: c.route, logger: c.logger}
 	var errs []error
 	check := func(err error) {
 		if err != nil {
@@ -250,7 +253,7 @@ func newMeters(mp metric.MeterProvider, route func(*http.Request) string, observ
 	}
 	m.requestCapture = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(bodyKey.String("request")))}
 	m.responseCapture = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(bodyKey.String("response")))}
-	for i := range observers {
+	for i := range c.observers {
 		o := metric.WithAttributeSet(attribute.NewSet(observerKey.Int(i)))
 		m.observerRecord = append(m.observerRecord, []metric.RecordOption{o})
 		m.observerAdd = append(m.observerAdd, []metric.AddOption{o})
@@ -384,7 +387,7 @@ func (m *meters) record(ctx context.Context, st *exchangeState) {
 			k.status = ex.Response.StatusCode
 		}
 		if m.route != nil {
-			k.route = m.route(in)
+			k.route = m.routeOf(ctx, in)
 		}
 		opts := m.server.get(k)
 		if sq {
@@ -397,6 +400,19 @@ func (m *meters) record(ctx context.Context, st *exchangeState) {
 			m.serverDuration.Record(ctx, ex.Duration.Seconds(), opts...)
 		}
 	}
+}
+
+// routeOf calls the user's route function, containing its panic: the
+// exchange must still be recorded and observed.
+func (m *meters) routeOf(ctx context.Context, r *http.Request) (route string) {
+	defer func() {
+		if v := recover(); v != nil {
+			route = ""
+			m.logger.LogAttrs(ctx, slog.LevelError, "tapproxy: route function panicked",
+				slog.Any("panic", v), slog.String("stack", string(debug.Stack())))
+		}
+	}()
+	return m.route(r)
 }
 
 // observerTimed reports whether observer durations are being recorded; the

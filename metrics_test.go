@@ -255,6 +255,7 @@ func TestMetricsPerOutcome(t *testing.T) {
 		name string
 		// upstream serves the exchange; nil means nothing listens.
 		upstream http.HandlerFunc
+		opts     []tapproxy.Option
 		// do sends the request through the proxy at front.
 		do   func(t *testing.T, front string)
 		want func(up string) exchangeMetrics
@@ -344,6 +345,60 @@ func TestMetricsPerOutcome(t *testing.T) {
 					active:   set(get, http1),
 					client:   ptr(set(client(up, get, http1, errType("upstream_unavailable"))...)),
 					reqBytes: 0, resBytes: 0,
+				}
+			},
+		},
+		{
+			name: "upstream timeout",
+			upstream: func(w http.ResponseWriter, r *http.Request) {
+				<-r.Context().Done() // until the proxy gives up
+			},
+			opts: []tapproxy.Option{tapproxy.WithTransport(&http.Transport{ResponseHeaderTimeout: 50 * time.Millisecond})},
+			do: func(t *testing.T, front string) {
+				res, err := http.Get(front + "/x")
+				require.NoError(t, err)
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				require.Equal(t, http.StatusGatewayTimeout, res.StatusCode)
+			},
+			want: func(up string) exchangeMetrics {
+				return exchangeMetrics{
+					server:   set(get, http1, v11, status(504), errType("upstream_timeout")),
+					active:   set(get, http1),
+					client:   ptr(set(client(up, get, http1, errType("upstream_timeout"))...)),
+					reqBytes: 0, resBytes: 0,
+				}
+			},
+		},
+		{
+			name: "upstream reset mid-body",
+			upstream: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", "10")
+				w.Write([]byte("12345"))
+				http.NewResponseController(w).Flush()
+				conn, _, err := http.NewResponseController(w).Hijack()
+				if err == nil {
+					conn.Close()
+				}
+			},
+			// Flush at once, so that the client gets the headers before the cut.
+			opts: []tapproxy.Option{tapproxy.WithFlushInterval(-1)},
+			do: func(t *testing.T, front string) {
+				res, err := http.Get(front + "/x")
+				require.NoError(t, err)
+				defer res.Body.Close()
+				require.Equal(t, http.StatusOK, res.StatusCode)
+				_, err = io.ReadAll(res.Body)
+				require.Error(t, err) // the client sees the cut too
+			},
+			want: func(up string) exchangeMetrics {
+				return exchangeMetrics{
+					// The headers went out as 200; the failure came after.
+					server:   set(get, http1, v11, status(200), errType("upstream_reset")),
+					active:   set(get, http1),
+					client:   ptr(set(client(up, get, http1, v11, status(200), errType("upstream_reset"))...)),
+					headers:  ptr(set(client(up, get, http1, v11, status(200))...)),
+					reqBytes: 0, resBytes: 5,
 				}
 			},
 		},
@@ -454,7 +509,7 @@ func TestMetricsPerOutcome(t *testing.T) {
 				require.NoError(t, ln.Close())
 			}
 			mp, reader := newReader(t)
-			front := newFrontend(t, up, tapproxy.WithMeterProvider(mp))
+			front := newFrontend(t, up, append(tt.opts, tapproxy.WithMeterProvider(mp))...)
 
 			tt.do(t, front.URL)
 			got := waitRecorded(t, reader, 1)
@@ -526,6 +581,34 @@ func attributeKeys(m metricdata.Metrics) []attribute.Key {
 		}
 	}
 	return keys
+}
+
+func TestMetricsRoutePanicIsContained(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {})
+	mp, reader := newReader(t)
+	rec := newRecorder()
+	front := newFrontend(t, up.URL, tapproxy.WithMeterProvider(mp), tapproxy.WithObserver(rec),
+		tapproxy.WithRoute(func(*http.Request) string { panic("route bug") }))
+
+	res, _ := get(t, front.Client(), front.URL)
+	assert.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, http.StatusOK, rec.next(t).Status)
+	got := waitRecorded(t, reader, 1)
+	assert.NotContains(t, attributeKeys(got[httpconv.ServerRequestDuration{}.Name()]), semconv.HTTPRouteKey)
+}
+
+func TestErrorTypeOfExchangeErrMatchesTheMetrics(t *testing.T) {
+	// semconv.ErrorType gives an observer the value the metrics use.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	up := "http://" + ln.Addr().String()
+	require.NoError(t, ln.Close())
+	rec := newRecorder()
+	front := newFrontend(t, up, tapproxy.WithObserver(rec))
+	get(t, front.Client(), front.URL)
+	o := rec.next(t)
+	require.ErrorIs(t, o.Err, tapproxy.ErrUpstreamUnavailable)
+	assert.Equal(t, semconv.ErrorTypeKey.String("upstream_unavailable"), semconv.ErrorType(o.Err))
 }
 
 func TestMetricsActiveRequests(t *testing.T) {

@@ -188,7 +188,8 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 // It is called once per request, after the response ended, with the request
 // as the client sent it, and must return a low-cardinality template such as
 // "/users/{id}", never the raw path; an empty string leaves the attribute
-// out for that request. It must be safe for concurrent use.
+// out for that request. It must be safe for concurrent use. If it panics,
+// the panic is logged and the request is recorded without a route.
 //
 // By default there is none, and no metric carries http.route. A nil function
 // is ignored. The last call wins.

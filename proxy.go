@@ -55,7 +55,7 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 	if c.reqCapture < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: request capture limit %d is negative", c.reqCapture))
 	}
-	m, err := newMeters(c.meterProvider, c.route, len(c.observers))
+	m, err := newMeters(c)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("tapproxy: creating instruments: %w", err))
 	}
