@@ -11,12 +11,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
@@ -715,16 +717,28 @@ func TestMetricsObserversAndCapture(t *testing.T) {
 		map[string]metricdata.Metrics{dur.Name: collect(t, reader)[dur.Name]})
 }
 
-func TestMetricsDefaultProviderRecordsNothing(t *testing.T) {
-	// Without WithMeterProvider the global provider is used, a no-op until
-	// the application sets one: the proxy must work the same.
+// globalReader reads the global MeterProvider, which can be set only once
+// per test binary.
+var (
+	globalReader     = sdkmetric.NewManualReader()
+	setGlobalMetrics = sync.OnceFunc(func() {
+		otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(globalReader)))
+	})
+)
+
+func TestMetricsDefaultProviderIsTheGlobalOne(t *testing.T) {
+	// Without WithMeterProvider the proxy uses the global provider, a no-op
+	// until the application sets one, even after the proxy was created.
 	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
-	rec := newRecorder()
-	front := newFrontend(t, up.URL, tapproxy.WithMeterProvider(nil), tapproxy.WithObserver(rec))
+	front := newFrontend(t, up.URL, tapproxy.WithMeterProvider(nil))
 	res, body := get(t, front.Client(), front.URL)
 	assert.Equal(t, http.StatusOK, res.StatusCode)
 	assert.Equal(t, "ok", string(body))
-	assert.Equal(t, http.StatusOK, rec.next(t).Status)
+
+	setGlobalMetrics()
+	before := histogramCount(collect(t, globalReader)[httpconv.ServerRequestDuration{}.Name()])
+	get(t, front.Client(), front.URL+"/2")
+	waitRecorded(t, globalReader, before+1)
 }
 
 // failingMeter fails to create one instrument.
