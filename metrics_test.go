@@ -670,6 +670,53 @@ func TestMetricsCustomErrorHandlerStatus(t *testing.T) {
 		semconv.HTTPResponseStatusCodeKey.Int(503), semconv.ErrorTypeKey.String("upstream_unavailable"))
 }
 
+func TestMetricsHTTPSAndHTTP2Client(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {})
+	mp, reader := newReader(t)
+	target, err := url.Parse(up.URL)
+	require.NoError(t, err)
+	p, err := tapproxy.New(target, tapproxy.WithMeterProvider(mp), tapproxy.WithLogger(testLogger(t)))
+	require.NoError(t, err)
+	front := httptest.NewUnstartedServer(p)
+	front.EnableHTTP2 = true
+	front.StartTLS()
+	t.Cleanup(front.Close)
+
+	res, _ := get(t, front.Client(), front.URL)
+	require.Equal(t, 2, res.ProtoMajor)
+	got := waitRecorded(t, reader, 1)
+	metricdatatest.AssertHasAttributes(t, got[httpconv.ServerRequestDuration{}.Name()],
+		semconv.URLSchemeKey.String("https"), semconv.NetworkProtocolVersionKey.String("2"))
+	metricdatatest.AssertHasAttributes(t, got[httpconv.ServerActiveRequests{}.Name()],
+		semconv.URLSchemeKey.String("https"))
+	// The upstream leg is plain HTTP/1.1.
+	metricdatatest.AssertHasAttributes(t, got[httpconv.ClientRequestDuration{}.Name()],
+		semconv.URLSchemeKey.String("http"), semconv.NetworkProtocolVersionKey.String("1.1"))
+}
+
+func TestMetricsStatusAfterModifyResponse(t *testing.T) {
+	// The client-facing leg records what the client got, the upstream leg
+	// what the upstream sent.
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+	})
+	mp, reader := newReader(t)
+	front := newFrontend(t, up.URL, tapproxy.WithMeterProvider(mp),
+		tapproxy.WithModifyResponse(func(res *http.Response) error {
+			res.StatusCode = http.StatusOK
+			return nil
+		}))
+
+	res, _ := get(t, front.Client(), front.URL)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	got := waitRecorded(t, reader, 1)
+	server := got[httpconv.ServerRequestDuration{}.Name()]
+	metricdatatest.AssertHasAttributes(t, server, semconv.HTTPResponseStatusCodeKey.Int(200))
+	assert.NotContains(t, attributeKeys(server), semconv.ErrorTypeKey)
+	metricdatatest.AssertHasAttributes(t, got[httpconv.ClientRequestDuration{}.Name()],
+		semconv.HTTPResponseStatusCodeKey.Int(500), semconv.ErrorTypeKey.String("500"))
+}
+
 func TestMetricsObserversAndCapture(t *testing.T) {
 	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
