@@ -122,6 +122,8 @@ type exchangeState struct {
 	req    *requestTee
 	err    error // from the error handler, classified
 	served bool  // ReverseProxy.ServeHTTP returned rather than panicked
+
+	metrics exchangeMetrics
 }
 
 var states = sync.Pool{New: func() any { return new(exchangeState) }}
