@@ -253,4 +253,3 @@ func (w tbWriter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
-
