@@ -15,28 +15,37 @@
 // The package needs only a [TB], which [testing.TB] satisfies; it uses no
 // assertion library. The server closes itself when the test ends.
 //
-// Quick start: check that a client retries after two failures, and what it
-// sent.
+// Quick start: fail a client's first call with 503, then check what it
+// saw and what it sent.
 //
-//	func TestClientRetries(t *testing.T) {
+//	func TestFirstCallFails(t *testing.T) {
 //		srv := tapproxytest.NewServer(t,
 //			http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 //				io.WriteString(w, "ok")
 //			}),
 //			tapproxytest.WithFaults(
-//				tapproxytest.Respond(503, "busy").On(tapproxytest.FirstN(2)),
+//				tapproxytest.Respond(http.StatusServiceUnavailable, "busy").On(tapproxytest.FirstN(1)),
 //			))
 //
-//		callWithRetries(srv.Client(), srv.URL+"/work") // the code under test
+//		for _, want := range []int{http.StatusServiceUnavailable, http.StatusOK} {
+//			res, err := srv.Client().Get(srv.URL + "/work")
+//			if err != nil {
+//				t.Fatal(err)
+//			}
+//			res.Body.Close()
+//			if res.StatusCode != want {
+//				t.Errorf("status %d, want %d", res.StatusCode, want)
+//			}
+//		}
 //
-//		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+//		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 //		defer cancel()
-//		ex, err := srv.Recorder.Wait(ctx, 3)
+//		ex, err := srv.Recorder.Wait(ctx, 1)
 //		if err != nil {
 //			t.Fatal(err)
 //		}
-//		if ex.Response.StatusCode != 200 || ex.Request.URL.Path != "/work" {
-//			t.Errorf("third call: %d %s", ex.Response.StatusCode, ex.Request.URL.Path)
+//		if ex.Request.URL.Path != "/work" || !ex.HasFault("respond(503)") {
+//			t.Errorf("first exchange: %s %v", ex.Request.URL.Path, ex.Faults)
 //		}
 //	}
 package tapproxytest

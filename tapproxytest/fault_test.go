@@ -62,8 +62,7 @@ func TestDelayClientGivesUp(t *testing.T) {
 	srv := tapproxytest.NewServer(t, bodyUpstream(10, false, &calls),
 		tapproxytest.WithFaults(tapproxytest.Delay(time.Hour)))
 
-	c := srv.Client()
-	c.Timeout = 200 * time.Millisecond
+	c := &http.Client{Transport: srv.Client().Transport, Timeout: 200 * time.Millisecond}
 	_, err := c.Get(srv.URL + "/")
 	require.Error(t, err)
 	var ne interface{ Timeout() bool }
@@ -118,6 +117,22 @@ func TestResetAfter(t *testing.T) {
 			assert.EqualValues(t, 1000, ex.Response.BodyBytes)
 		})
 	}
+}
+
+func TestResetAfterZero(t *testing.T) {
+	// With n = 0 nothing of the response reaches the client.
+	srv := tapproxytest.NewServer(t, bodyUpstream(100, false, nil),
+		tapproxytest.WithFaults(tapproxytest.ResetAfter(0)))
+
+	res, err := srv.Client().Get(srv.URL + "/")
+	if err == nil {
+		// The headers may have gone out first; the body may not.
+		defer res.Body.Close()
+		body, err := io.ReadAll(res.Body)
+		assert.Error(t, err)
+		assert.Empty(t, body)
+	}
+	assert.ErrorIs(t, exchange(t, srv, 1).Err, tapproxy.ErrUpstreamReset)
 }
 
 func TestResetAfterShortBody(t *testing.T) {

@@ -146,10 +146,14 @@ func (r *Recorder) ObserveResponse(_ context.Context, ex *tapproxy.Exchange) {
 			user := *u.User
 			u.User = &user
 		}
+		host := req.Host
+		if host == "" {
+			host = u.Host // what the transport sends when Host is empty
+		}
 		rec.Request = Request{
 			Method:        req.Method,
 			URL:           &u,
-			Host:          req.Host,
+			Host:          host,
 			Header:        req.Header.Clone(),
 			Body:          readAll(ex.RequestBody()),
 			BodyBytes:     ex.RequestBodyBytes,
