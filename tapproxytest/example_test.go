@@ -73,10 +73,14 @@ func Example_retry() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := srv.Recorder.Wait(ctx, 3); err != nil {
-		panic(err)
+	var exs []tapproxytest.Exchange
+	for n := 1; n <= 3; n++ {
+		ex, err := srv.Recorder.Wait(ctx, n)
+		if err != nil {
+			panic(err)
+		}
+		exs = append(exs, ex)
 	}
-	exs := srv.Recorder.Exchanges()
 	for i, ex := range exs {
 		fmt.Printf("call %d: %d %v", ex.Seq, ex.Response.StatusCode, ex.Faults)
 		if i > 0 {
@@ -159,7 +163,7 @@ func Example_request() {
 // fetchStatus is client code under test: it must give up on a slow
 // upstream after its timeout.
 func fetchStatus(c *http.Client, url string) (string, error) {
-	c = &http.Client{Transport: c.Transport, Timeout: 200 * time.Millisecond}
+	c = &http.Client{Transport: c.Transport, Timeout: 500 * time.Millisecond}
 	res, err := c.Get(url)
 	if err != nil {
 		return "", err
@@ -179,7 +183,7 @@ func Example_timeout() {
 			io.WriteString(w, "green")
 		}),
 		tapproxytest.WithFaults(
-			tapproxytest.Delay(5*time.Second).On(tapproxytest.Path("/slow")),
+			tapproxytest.Delay(time.Minute).On(tapproxytest.Path("/slow")),
 		))
 
 	status, err := fetchStatus(srv.Client(), srv.URL+"/fast")
@@ -199,5 +203,5 @@ func Example_timeout() {
 	// Output:
 	// green <nil>
 	// client timed out: true
-	// /slow [delay(5s)] true
+	// /slow [delay(1m0s)] true
 }

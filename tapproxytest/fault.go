@@ -71,12 +71,15 @@ func Delay(d time.Duration) Fault {
 // Respond returns a Fault that answers with status code and body without
 // contacting the upstream. The response has a Content-Length and, when body
 // is not empty, Content-Type text/plain. The request body is read to its end
-// and discarded, so the [Recorder] sees it. A code outside 200 to 999 is an
-// error.
+// and discarded, so the [Recorder] sees it. A code outside 200 to 999, or a
+// body with 204 No Content or 304 Not Modified, is an error.
 func Respond(code int, body string) Fault {
 	f := Fault{name: "respond(" + strconv.Itoa(code) + ")", kind: kindRespond, status: code, body: body}
-	if code < 200 || code > 999 {
+	switch {
+	case code < 200 || code > 999:
 		f.err = fmt.Errorf("tapproxytest: Respond(%d): status code must be from 200 to 999", code)
+	case body != "" && (code == http.StatusNoContent || code == http.StatusNotModified):
+		f.err = fmt.Errorf("tapproxytest: Respond(%d): this status has no body", code)
 	}
 	return f
 }
@@ -297,13 +300,6 @@ type plan struct {
 	dropTrailers bool
 }
 
-type planKey struct{}
-
-func planFrom(ctx context.Context) *plan {
-	p, _ := ctx.Value(planKey{}).(*plan)
-	return p
-}
-
 // newPlan merges the faults that selected a request.
 func newPlan(faults []*armedFault, r *http.Request) *plan {
 	var p *plan
@@ -343,17 +339,15 @@ func newPlan(faults []*armedFault, r *http.Request) *plan {
 	return p
 }
 
-// faultDirector chooses the faults for each request and attaches their
-// plan to the outbound request's context, where the transport and the
-// recorder find it.
+// faultDirector chooses the faults for each request and puts their plan in
+// the request's tag, where the transport and the recorder find it.
 func (s *Server) faultDirector(pr *httputil.ProxyRequest) {
 	faults := s.faults.Load()
-	if faults == nil || len(*faults) == 0 {
+	t := tagFrom(pr.Out.Context())
+	if faults == nil || len(*faults) == 0 || t == nil {
 		return
 	}
-	if p := newPlan(*faults, pr.In); p != nil {
-		pr.Out = pr.Out.WithContext(context.WithValue(pr.Out.Context(), planKey{}, p))
-	}
+	t.plan = newPlan(*faults, pr.In)
 }
 
 // Errors the faults end exchanges with. They reach the recorder wrapped in
@@ -371,10 +365,11 @@ type faultTransport struct {
 }
 
 func (t *faultTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	p := planFrom(req.Context())
-	if p == nil {
+	tg := tagFrom(req.Context())
+	if tg == nil || tg.plan == nil {
 		return t.next.RoundTrip(req)
 	}
+	p := tg.plan
 	var (
 		res *http.Response
 		err error

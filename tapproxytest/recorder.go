@@ -20,14 +20,13 @@ import (
 const DefaultMaxExchanges = 1000
 
 // An Exchange is a recorded copy of one proxied request and its response.
-// Unlike a [tapproxy.Exchange] it stays valid after the exchange ended; it
+// Unlike a [tapproxy.Exchange] it stays valid after the exchange ended. It
 // shares its slices and maps with the [Recorder] and other callers, so treat
 // it as read-only.
 type Exchange struct {
-	// Seq numbers the exchange in the recording: 1 for the first to end
-	// after the recorder was created or reset, 2 for the next, and so on.
-	// Exchanges are numbered in the order they ended, which under
-	// concurrency need not be the order their requests arrived.
+	// Seq numbers the exchange in the recording: 1 for the first request
+	// to reach the proxy after the server started or the recorder was
+	// reset, 2 for the next, and so on.
 	Seq int
 
 	// Request is the request as the proxy sent it upstream.
@@ -109,36 +108,53 @@ type Response struct {
 	BodyTruncated bool
 }
 
-// A Recorder keeps copies of the most recent exchanges a proxy relayed. It
-// is a [tapproxy.ResponseObserver], so it can also be given to
-// [tapproxy.WithObserver] directly. It is safe for concurrent use.
+// A Recorder keeps copies of the most recent exchanges a [Server] relayed,
+// up to the bound set by [WithMaxExchanges]. It is safe for concurrent use.
+//
+// Exchanges are numbered in the order their requests reached the proxy (see
+// [Exchange.Seq]), and appear in the recorder once they have ended: once
+// the client has the whole response, or the exchange failed. A client may
+// see its response shortly before the recorder does, so tests wait for
+// exchanges with [Recorder.Wait] or [Recorder.WaitFor] rather than read
+// [Recorder.Exchanges] straight after a call.
 type Recorder struct {
 	mu      sync.Mutex
 	max     int
-	kept    []Exchange // the last len(kept) exchanges, oldest first
-	count   int        // exchanges recorded since the last Reset
+	kept    []Exchange // ended exchanges, by Seq
+	arrived int        // requests numbered since the last Reset
+	ended   int        // exchanges recorded since the last Reset
+	dropped int        // the highest Seq dropped to keep the bound
 	gen     int        // bumped by Reset
 	changed chan struct{}
 }
 
-var _ tapproxy.ResponseObserver = (*Recorder)(nil)
-
-// NewRecorder returns a Recorder that keeps the last max exchanges; older
-// ones are dropped. A max below 1 means [DefaultMaxExchanges].
-func NewRecorder(max int) *Recorder {
-	if max < 1 {
-		max = DefaultMaxExchanges
-	}
+func newRecorder(max int) *Recorder {
 	return &Recorder{max: max, changed: make(chan struct{})}
 }
 
-// ObserveResponse records a copy of ex.
-func (r *Recorder) ObserveResponse(_ context.Context, ex *tapproxy.Exchange) {
+// arrive numbers a request that reached the proxy.
+func (r *Recorder) arrive() *tag {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.arrived++
+	return &tag{seq: r.arrived, gen: r.gen}
+}
+
+// observe records a copy of ex, which ended.
+func (r *Recorder) observe(ctx context.Context, ex *tapproxy.Exchange) {
+	t := tagFrom(ctx)
+	if t == nil {
+		return
+	}
 	rec := Exchange{
+		Seq:           t.seq,
 		Start:         ex.Start,
 		TimeToHeaders: ex.TimeToHeaders,
 		Duration:      ex.Duration,
 		Err:           ex.Err,
+	}
+	if t.plan != nil {
+		rec.Faults = slices.Clone(t.plan.names)
 	}
 	if req := ex.Request; req != nil {
 		u := *req.URL
@@ -159,9 +175,6 @@ func (r *Recorder) ObserveResponse(_ context.Context, ex *tapproxy.Exchange) {
 			BodyBytes:     ex.RequestBodyBytes,
 			BodyTruncated: ex.RequestTruncated,
 		}
-		if p := planFrom(req.Context()); p != nil {
-			rec.Faults = slices.Clone(p.names)
-		}
 	}
 	if res := ex.Response; res != nil {
 		rec.Response = Response{
@@ -176,15 +189,21 @@ func (r *Recorder) ObserveResponse(_ context.Context, ex *tapproxy.Exchange) {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.count++
-	rec.Seq = r.count
-	if len(r.kept) == r.max {
-		// Shift rather than ring, so that kept stays in order; the copy
-		// is of headers-sized structs, and only once the bound is hit.
-		copy(r.kept, r.kept[1:])
-		r.kept = r.kept[:len(r.kept)-1]
+	if t.gen != r.gen {
+		return // it arrived before a Reset
 	}
-	r.kept = append(r.kept, rec)
+	r.ended++
+	if len(r.kept) == r.max && rec.Seq < r.kept[0].Seq {
+		// Older than all that is kept: dropped at once.
+		r.dropped = max(r.dropped, rec.Seq)
+	} else {
+		i, _ := slices.BinarySearchFunc(r.kept, rec.Seq, func(e Exchange, seq int) int { return e.Seq - seq })
+		r.kept = slices.Insert(r.kept, i, rec)
+		if len(r.kept) > r.max {
+			r.dropped = max(r.dropped, r.kept[0].Seq)
+			r.kept = slices.Delete(r.kept, 0, 1)
+		}
+	}
 	close(r.changed)
 	r.changed = make(chan struct{})
 }
@@ -198,51 +217,53 @@ func readAll(rd io.Reader) []byte {
 	return b.Bytes()
 }
 
-// Exchanges returns the kept exchanges, oldest first.
+// Exchanges returns the kept exchanges that have ended, in the order their
+// requests arrived.
 func (r *Recorder) Exchanges() []Exchange {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.kept)
 }
 
-// Len returns how many exchanges were recorded since the recorder was
-// created or last reset, including any no longer kept.
+// Len returns how many exchanges have ended since the server started or
+// the recorder was last reset, including any no longer kept.
 func (r *Recorder) Len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.count
+	return r.ended
 }
 
-// Reset forgets every exchange and restarts the numbering: the next
-// exchange to end is number 1. An exchange in flight during Reset is
-// recorded after it.
+// Reset forgets every exchange, including those still in flight, and
+// restarts the numbering: the next request to arrive is number 1.
 func (r *Recorder) Reset() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.kept = nil
-	r.count = 0
+	r.arrived, r.ended, r.dropped = 0, 0, 0
 	r.gen++
 	close(r.changed)
 	r.changed = make(chan struct{})
 }
 
-// Wait returns the n-th exchange (see [Exchange.Seq]), waiting for it to
-// end if it has not yet. It returns an error if ctx ends first, if n is
-// below 1, or if the exchange is no longer kept. Use [context.WithTimeout]
-// to bound the wait.
+// Wait returns exchange number n (see [Exchange.Seq]), waiting for its
+// request to arrive and end if it has not yet. It returns an error if ctx
+// ends first, if n is below 1, or if the exchange is no longer kept. Bound
+// the wait with [context.WithTimeout] or a test's context.
 func (r *Recorder) Wait(ctx context.Context, n int) (Exchange, error) {
 	if n < 1 {
 		return Exchange{}, fmt.Errorf("tapproxytest: Wait(%d): n must be at least 1", n)
 	}
 	for {
 		r.mu.Lock()
-		if n <= r.count {
-			defer r.mu.Unlock()
-			first := r.count - len(r.kept) + 1
-			if n < first {
-				return Exchange{}, fmt.Errorf("tapproxytest: exchange %d is no longer kept: the recorder keeps the last %d", n, r.max)
-			}
-			return r.kept[n-first], nil
+		i, found := slices.BinarySearchFunc(r.kept, n, func(e Exchange, seq int) int { return e.Seq - seq })
+		if found {
+			ex := r.kept[i]
+			r.mu.Unlock()
+			return ex, nil
+		}
+		if n <= r.dropped {
+			r.mu.Unlock()
+			return Exchange{}, fmt.Errorf("tapproxytest: exchange %d is no longer kept: the recorder keeps the last %d", n, r.max)
 		}
 		changed := r.changed
 		r.mu.Unlock()
@@ -254,29 +275,23 @@ func (r *Recorder) Wait(ctx context.Context, n int) (Exchange, error) {
 	}
 }
 
-// WaitFor returns the first kept exchange, oldest first, for which match
+// WaitFor returns the earliest-arriving kept exchange for which match
 // returns true, waiting for more exchanges to end until one matches. It
 // returns an error if ctx ends first. match runs with the recorder locked,
-// so it must not call the recorder. Use [context.WithTimeout] to bound the
-// wait.
+// so it must not call the recorder. Bound the wait with
+// [context.WithTimeout] or a test's context.
 func (r *Recorder) WaitFor(ctx context.Context, match func(Exchange) bool) (Exchange, error) {
 	if match == nil {
 		return Exchange{}, errors.New("tapproxytest: WaitFor: nil match function")
 	}
-	checked, gen := 0, -1 // the Seq checked up to, in generation gen
 	for {
 		r.mu.Lock()
-		if gen != r.gen {
-			checked, gen = 0, r.gen
-		}
-		first := r.count - len(r.kept) + 1
-		for i := max(checked+1, first); i <= r.count; i++ {
-			if ex := r.kept[i-first]; match(ex) {
+		for _, ex := range r.kept {
+			if match(ex) {
 				r.mu.Unlock()
 				return ex, nil
 			}
 		}
-		checked = r.count
 		changed := r.changed
 		r.mu.Unlock()
 		select {

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -215,15 +213,22 @@ func TestRecorderConcurrent(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			_, _, err := get(t, srv.Client(), fmt.Sprintf("%s/%d", srv.URL, i))
-			assert.NoError(t, err)
+			// Not get: require must not be called off the test goroutine.
+			res, err := srv.Client().Get(fmt.Sprintf("%s/%d", srv.URL, i))
+			if assert.NoError(t, err) {
+				_, err = io.Copy(io.Discard, res.Body)
+				assert.NoError(t, err)
+				res.Body.Close()
+			}
 			_ = srv.Recorder.Exchanges()
 			_ = srv.Recorder.Len()
 		})
 	}
 	wg.Wait()
 
-	exchange(t, srv, n)
+	for i := 1; i <= n; i++ {
+		exchange(t, srv, i) // every one has ended
+	}
 	seen := map[string]bool{}
 	for i, ex := range srv.Recorder.Exchanges() {
 		assert.Equal(t, i+1, ex.Seq)
@@ -232,25 +237,81 @@ func TestRecorderConcurrent(t *testing.T) {
 	assert.Len(t, seen, n, "every exchange is recorded once")
 }
 
-func TestRecorderAsObserver(t *testing.T) {
-	// A Recorder also works with a plain tapproxy.Proxy.
-	up := httptest.NewServer(text("ok"))
-	defer up.Close()
-	target, err := url.Parse(up.URL)
-	require.NoError(t, err)
-	rec := tapproxytest.NewRecorder(0)
-	transport := tapproxy.NewTransport()
-	defer transport.CloseIdleConnections()
-	p, err := tapproxy.New(target, tapproxy.WithObserver(rec), tapproxy.WithTransport(transport))
-	require.NoError(t, err)
-	front := httptest.NewServer(p)
-	defer front.Close()
+// slowFirst is an upstream whose /slow path answers only once release is
+// closed; it closes arrived when that request is in.
+func slowFirst(arrived, release chan struct{}) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(arrived)
+			<-release
+		}
+		io.WriteString(w, r.URL.Path)
+	}
+}
 
-	_, _, err = get(t, front.Client(), front.URL+"/x")
+func TestRecorderNumbersByArrival(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	srv := tapproxytest.NewServer(t, slowFirst(arrived, release))
+
+	slow := make(chan error, 1)
+	go func() {
+		res, err := srv.Client().Get(srv.URL + "/slow")
+		if err == nil {
+			res.Body.Close()
+		}
+		slow <- err
+	}()
+	<-arrived
+	_, _, err := get(t, srv.Client(), srv.URL+"/fast")
 	require.NoError(t, err)
-	ex, err := rec.Wait(waitCtx(t), 1)
+	// The fast exchange ended first, but arrived second.
+	ex := exchange(t, srv, 2)
+	assert.Equal(t, "/fast", ex.Request.URL.Path)
+	assert.Equal(t, 1, srv.Recorder.Len())
+
+	close(release)
+	require.NoError(t, <-slow)
+	ex = exchange(t, srv, 1)
+	assert.Equal(t, "/slow", ex.Request.URL.Path)
+	var paths []string
+	for _, ex := range srv.Recorder.Exchanges() {
+		paths = append(paths, ex.Request.URL.Path)
+	}
+	assert.Equal(t, []string{"/slow", "/fast"}, paths)
+}
+
+func TestRecorderResetDropsInFlight(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	// Observers run in order, the recorder first: once this one saw /slow,
+	// so did the recorder.
+	slowObserved := make(chan struct{})
+	srv := tapproxytest.NewServer(t, slowFirst(arrived, release),
+		tapproxytest.WithProxyOptions(tapproxy.WithObserver(tapproxy.ObserverFunc(
+			func(_ context.Context, ex *tapproxy.Exchange) {
+				if ex.Request.URL.Path == "/slow" {
+					close(slowObserved)
+				}
+			}))))
+
+	slow := make(chan error, 1)
+	go func() {
+		res, err := srv.Client().Get(srv.URL + "/slow")
+		if err == nil {
+			res.Body.Close()
+		}
+		slow <- err
+	}()
+	<-arrived
+	srv.Recorder.Reset()
+	close(release)
+	require.NoError(t, <-slow)
+	<-slowObserved
+	assert.Empty(t, srv.Recorder.Exchanges(), "the exchange in flight at Reset is not recorded")
+	assert.Zero(t, srv.Recorder.Len())
+
+	_, _, err := get(t, srv.Client(), srv.URL+"/after")
 	require.NoError(t, err)
-	assert.Equal(t, "/x", ex.Request.URL.Path)
-	assert.Equal(t, "ok", string(ex.Response.Body))
-	assert.Empty(t, ex.Faults)
+	ex := exchange(t, srv, 1)
+	assert.Equal(t, "/after", ex.Request.URL.Path)
+	assert.Len(t, srv.Recorder.Exchanges(), 1)
 }

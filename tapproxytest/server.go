@@ -172,7 +172,7 @@ func (s *Server) start(target string, opts []Option) *Server {
 	s.faults.Store(&faults)
 
 	s.done = make(chan struct{})
-	s.Recorder = NewRecorder(c.maxExchanges)
+	s.Recorder = newRecorder(c.maxExchanges)
 	s.transport = c.transport
 	if s.transport == nil {
 		s.transport = tapproxy.NewTransport()
@@ -184,14 +184,19 @@ func (s *Server) start(target string, opts []Option) *Server {
 		tapproxy.WithRequestCaptureLimit(c.bodyLimit),
 		tapproxy.WithTransport(&faultTransport{next: s.transport, done: s.done}),
 		tapproxy.WithDirector(s.faultDirector),
-		tapproxy.WithObserver(s.Recorder),
+		tapproxy.WithObserver(tapproxy.ObserverFunc(s.Recorder.observe)),
 	}, c.proxyOpts...)
 	p, err := tapproxy.New(u, popts...)
 	if err != nil {
 		return fail("tapproxytest: %v", err)
 	}
 
-	s.front = httptest.NewUnstartedServer(p)
+	s.front = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Number the request as it arrives; the proxy's hooks and the
+		// recorder find its tag in the context.
+		ctx := context.WithValue(r.Context(), tagKey{}, s.Recorder.arrive())
+		p.ServeHTTP(w, r.WithContext(ctx))
+	}))
 	s.front.Config.ErrorLog = slog.NewLogLogger(s.logger().Handler(), slog.LevelError)
 	s.front.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		// A ResetAfter fault resets the connection it finds here.
@@ -237,6 +242,20 @@ func (s *Server) Close() {
 		}
 		s.closed.Store(true)
 	})
+}
+
+// tag is what the server knows of one request across the proxy's hooks:
+// its number in the recording and the faults chosen for it.
+type tag struct {
+	seq, gen int
+	plan     *plan // set by the fault director
+}
+
+type tagKey struct{}
+
+func tagFrom(ctx context.Context) *tag {
+	t, _ := ctx.Value(tagKey{}).(*tag)
+	return t
 }
 
 // logger logs to the test's log until the server has closed; after that a
