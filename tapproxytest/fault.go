@@ -32,6 +32,8 @@ import (
 //
 // A Fault is a value: its methods return changed copies. Counting matchers
 // ([Nth], [FirstN]) count per server, from when the fault was installed.
+// Bad arguments, such as a negative delay, are reported when the fault is
+// installed: [NewServer] or [Server.SetFaults] fails the test.
 type Fault struct {
 	name     string
 	kind     faultKind
@@ -56,8 +58,9 @@ const (
 )
 
 // Delay returns a Fault that holds back the response headers for d: the
-// upstream receives the request and answers at once, and the answer reaches
-// the client d later (with [Respond], the fixed response is sent d later).
+// request goes upstream at once, and the upstream's response is relayed d
+// after its headers arrived (with [Respond], the fixed response is sent d
+// later).
 // If the client gives up during the delay, the exchange ends there. A
 // negative d is an error.
 func Delay(d time.Duration) Fault {
@@ -151,8 +154,12 @@ func Hang() Fault {
 func (f Fault) On(ms ...Matcher) Fault {
 	f.matchers = append(slices.Clip(f.matchers), ms...)
 	for _, m := range ms {
-		if m.err != nil && f.err == nil {
-			f.err = m.err
+		err := m.err
+		if err == nil && m.pred == nil && m.from == 0 {
+			err = errors.New("tapproxytest: zero Matcher; use a constructor such as Path")
+		}
+		if err != nil && f.err == nil {
+			f.err = err
 		}
 	}
 	return f

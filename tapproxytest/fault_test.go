@@ -447,6 +447,7 @@ func TestInvalidFaults(t *testing.T) {
 		{"zero rate", tapproxytest.Throttle(0), "tapproxytest: Throttle(0)"},
 		{"zero fault", tapproxytest.Fault{}, "tapproxytest: zero Fault"},
 		{"bad path pattern", tapproxytest.Hang().On(tapproxytest.Path("/[")), "tapproxytest: Path(\"/[\")"},
+		{"zero matcher", tapproxytest.Hang().On(tapproxytest.Matcher{}), "tapproxytest: zero Matcher"},
 		{"nth zero", tapproxytest.Hang().On(tapproxytest.Nth(0)), "tapproxytest: Nth(0)"},
 		{"negative first n", tapproxytest.Hang().On(tapproxytest.FirstN(-1)), "tapproxytest: FirstN(-1)"},
 	}

@@ -29,7 +29,9 @@ type Exchange struct {
 	// reset, 2 for the next, and so on.
 	Seq int
 
-	// Request is the request as the proxy sent it upstream.
+	// Request is the request as the proxy sent it upstream, or would
+	// have, had a fault not answered instead. It is zero in the rare case
+	// that the proxy failed before building it.
 	Request Request
 
 	// Response is the response as the client received it. Its StatusCode

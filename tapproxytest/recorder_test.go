@@ -315,3 +315,39 @@ func TestRecorderResetDropsInFlight(t *testing.T) {
 	assert.Equal(t, "/after", ex.Request.URL.Path)
 	assert.Len(t, srv.Recorder.Exchanges(), 1)
 }
+
+func TestRecorderBoundDropsLateOlderExchange(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	slowObserved := make(chan struct{})
+	srv := tapproxytest.NewServer(t, slowFirst(arrived, release),
+		tapproxytest.WithMaxExchanges(1),
+		tapproxytest.WithProxyOptions(tapproxy.WithObserver(tapproxy.ObserverFunc(
+			func(_ context.Context, ex *tapproxy.Exchange) {
+				if ex.Request.URL.Path == "/slow" {
+					close(slowObserved)
+				}
+			}))))
+
+	slow := make(chan error, 1)
+	go func() {
+		res, err := srv.Client().Get(srv.URL + "/slow")
+		if err == nil {
+			res.Body.Close()
+		}
+		slow <- err
+	}()
+	<-arrived
+	_, _, err := get(t, srv.Client(), srv.URL+"/fast")
+	require.NoError(t, err)
+	assert.Equal(t, "/fast", exchange(t, srv, 2).Request.URL.Path)
+
+	close(release)
+	require.NoError(t, <-slow)
+	<-slowObserved
+	// The slow exchange arrived first, so it is the older one to drop.
+	_, err = srv.Recorder.Wait(waitCtx(t), 1)
+	assert.ErrorContains(t, err, "tapproxytest: exchange 1 is no longer kept")
+	assert.Equal(t, 2, srv.Recorder.Len())
+	require.Len(t, srv.Recorder.Exchanges(), 1)
+	assert.Equal(t, 2, srv.Recorder.Exchanges()[0].Seq)
+}
