@@ -225,6 +225,8 @@ func TestDropTrailers(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, "payload", string(body))
 			assert.Equal(t, tt.trailer, res.Trailer.Get("X-Checksum"))
+			_, announced := res.Trailer["X-Checksum"]
+			assert.Equal(t, tt.trailer != "", announced, "a dropped trailer is not announced either")
 
 			ex := exchange(t, srv, 1)
 			assert.Equal(t, tt.trailer, ex.Response.Trailer.Get("X-Checksum"))

@@ -202,8 +202,11 @@ func (r *Recorder) observe(ctx context.Context, ex *tapproxy.Exchange) {
 		i, _ := slices.BinarySearchFunc(r.kept, rec.Seq, func(e Exchange, seq int) int { return e.Seq - seq })
 		r.kept = slices.Insert(r.kept, i, rec)
 		if len(r.kept) > r.max {
+			// Reslice rather than shift: append reallocates once per
+			// about max drops, so dropping is O(1) amortized.
 			r.dropped = max(r.dropped, r.kept[0].Seq)
-			r.kept = slices.Delete(r.kept, 0, 1)
+			r.kept[0] = Exchange{}
+			r.kept = r.kept[1:]
 		}
 	}
 	close(r.changed)
