@@ -163,7 +163,7 @@ func Example_request() {
 // fetchStatus is client code under test: it must give up on a slow
 // upstream after its timeout.
 func fetchStatus(c *http.Client, url string) (string, error) {
-	c = &http.Client{Transport: c.Transport, Timeout: 500 * time.Millisecond}
+	c = &http.Client{Transport: c.Transport, Timeout: time.Second}
 	res, err := c.Get(url)
 	if err != nil {
 		return "", err
