@@ -127,8 +127,11 @@ type exchangeState struct {
 	body   responseTee
 	resp   bodyBuffer
 	req    *requestTee
-	err    error // from the error handler, classified
-	served bool  // ReverseProxy.ServeHTTP returned rather than panicked
+	octx   context.Context // the observers' context
+	err    error           // from the error handler, classified
+	served bool            // ReverseProxy.ServeHTTP returned rather than panicked
+
+	metrics exchangeMetrics
 }
 
 var states = sync.Pool{New: func() any { return new(exchangeState) }}

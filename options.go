@@ -5,6 +5,9 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 )
 
 // An Option configures a [Proxy]. Options are applied by [New] in the order
@@ -36,6 +39,11 @@ type config struct {
 	decoders        map[string]Decoder
 	decodeLimit     int64
 	showCredentials bool
+	meterProvider   metric.MeterProvider
+	route           func(*http.Request) string
+	async           bool
+	asyncWorkers    int
+	asyncQueue      int
 }
 
 func newConfig(opts []Option) *config {
@@ -50,6 +58,9 @@ func newConfig(opts []Option) *config {
 	}
 	if c.logger == nil {
 		c.logger = slog.Default()
+	}
+	if c.meterProvider == nil {
+		c.meterProvider = otel.GetMeterProvider()
 	}
 	return c
 }
@@ -210,4 +221,60 @@ func WithDecodeLimit(n int64) Option {
 // are never changed either way. Repeating it has no further effect.
 func WithUnredactedCredentials() Option {
 	return optionFunc(func(c *config) { c.showCredentials = true })
+}
+
+// WithMeterProvider sets the OpenTelemetry MeterProvider the proxy records
+// its metrics with: the HTTP semantic conventions' server metrics for the
+// client-facing leg, their client metrics for the upstream leg, and its own
+// under "tapproxy." (the README lists them all). [New] creates the Meter,
+// named [ScopeName] with version [Version], and its instruments once.
+//
+// The default is [otel.GetMeterProvider] at the time New runs, which records
+// nothing until the application sets a global provider. Nil keeps the
+// default. The last call wins. When the provider records nothing, recording
+// costs a few checks per request and no allocations.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(c *config) {
+		if mp != nil {
+			c.meterProvider = mp
+		}
+	})
+}
+
+// WithRoute sets the function that names the route of an inbound request,
+// recorded as the http.route attribute of the client-facing leg's metrics.
+// It is called once per request, after the response ended, with the request
+// as the client sent it, and must return a low-cardinality template such as
+// "/users/{id}", never the raw path; an empty string leaves the attribute
+// out for that request. It must be safe for concurrent use. If it panics,
+// the panic is logged and the request is recorded without a route.
+//
+// By default there is none, and no metric carries http.route. A nil function
+// is ignored. The last call wins.
+func WithRoute(f func(r *http.Request) string) Option {
+	return optionFunc(func(c *config) {
+		if f != nil {
+			c.route = f
+		}
+	})
+}
+
+// WithAsyncObservers delivers exchanges to the observers on a pool of
+// workers goroutines instead of the request's goroutine, through a queue
+// that holds up to queueSize exchanges. A slow observer then never delays a
+// response or the next request on its connection. Each exchange is still
+// observed by every observer, in order, on one worker; its capture stays
+// valid until the last observer returns.
+//
+// The queue never blocks a request: when it is full, the exchange is
+// dropped and counted in the tapproxy.observer.dropped metric. Call
+// [Proxy.Shutdown] or [Proxy.Close] to drain the queue and stop the workers.
+//
+// By default observers run synchronously. Workers must be at least 1 and
+// queueSize at least 0, or [New] fails. The last call wins. Without
+// observers it starts no workers.
+func WithAsyncObservers(workers, queueSize int) Option {
+	return optionFunc(func(c *config) {
+		c.async, c.asyncWorkers, c.asyncQueue = true, workers, queueSize
+	})
 }

@@ -33,6 +33,9 @@ type Proxy struct {
 	decoders        map[string]Decoder
 	decodeLimit     int64
 	showCredentials bool
+	metrics         *meters
+	transport       http.RoundTripper
+	async           *dispatcher // nil: observers run on the request's goroutine
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -58,11 +61,18 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 	if c.decodeLimit < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: decode limit %d is negative", c.decodeLimit))
 	}
+	if c.async && (c.asyncWorkers < 1 || c.asyncQueue < 0) {
+		errs = append(errs, fmt.Errorf("tapproxy: asynchronous observers need workers > 0 and a queue size >= 0, got %d and %d", c.asyncWorkers, c.asyncQueue))
+	}
 	if c.reqCapture < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: request capture limit %d is negative", c.reqCapture))
 	}
 	if c.captureBudget < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: capture budget %d is negative", c.captureBudget))
+	}
+	m, err := newMeters(c)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("tapproxy: creating instruments: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -80,6 +90,8 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 		decoders:        c.decoders,
 		decodeLimit:     c.decodeLimit,
 		showCredentials: c.showCredentials,
+		metrics:         m,
+		transport:       c.transport,
 	}
 	if c.captureBudget > 0 {
 		p.budget = &captureBudget{limit: c.captureBudget}
@@ -87,6 +99,9 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 	if len(c.observers) > 0 {
 		// Without observers nobody reads the capture, so take none.
 		p.captureLimit = int(min(c.captureLimit, math.MaxInt32))
+	}
+	if c.async && len(c.observers) > 0 {
+		p.async = newDispatcher(p, c.asyncWorkers, c.asyncQueue)
 	}
 	p.rp = httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
@@ -107,6 +122,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.ex.Start = time.Now()
 	st.target = p.target
 	st.resp.limit, st.resp.pool, st.resp.budget = p.captureLimit, &p.captures, p.budget
+	p.metrics.begin(r.Context(), st, r)
 	ctx := contextWithState(r.Context(), st)
 	// finish is deferred so that it also runs when ReverseProxy aborts the
 	// response with http.ErrAbortHandler; that panic then goes on to the
@@ -135,14 +151,16 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 type roundTripper struct{ rt http.RoundTripper }
 
 func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
-	res, err := t.rt.RoundTrip(req)
 	st := stateFrom(req.Context())
+	st.metrics.sending()
+	res, err := t.rt.RoundTrip(req)
 	st.ex.Request = req
 	if err != nil {
 		return nil, err
 	}
 	st.ex.TimeToHeaders = time.Since(st.ex.Start)
 	st.ex.Response = res
+	st.metrics.received(res)
 	if res.Request == nil {
 		res.Request = req
 	}
@@ -188,8 +206,14 @@ func (p *Proxy) onError(w http.ResponseWriter, r *http.Request, err error) {
 		err = &kindError{kind: ErrClientGone, err: err}
 	}
 	st.err = err
+	// The metrics take the status the client got; one that left got none.
+	gone := kindOf(err) == ErrClientGone
 	if p.errorHandler != nil {
-		p.errorHandler(w, r, err)
+		sw := &statusWriter{ResponseWriter: w}
+		p.errorHandler(sw, r, err)
+		if !gone {
+			st.metrics.status = sw.code
+		}
 		return
 	}
 	code := http.StatusBadGateway
@@ -200,6 +224,7 @@ func (p *Proxy) onError(w http.ResponseWriter, r *http.Request, err error) {
 		code = http.StatusGatewayTimeout
 		fallthrough
 	default:
+		st.metrics.status = code
 		p.logger.LogAttrs(r.Context(), slog.LevelError, "tapproxy: upstream error",
 			slog.String("method", r.Method), slog.String("url", r.URL.Redacted()), slog.Any("error", err))
 	}
@@ -243,17 +268,30 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 		ex.RequestTruncated = int64(len(ex.reqBody)) < ex.RequestBodyBytes
 		ex.CaptureSkipped = ex.CaptureSkipped || over
 	}
-	if len(p.observers) > 0 {
-		if !p.showCredentials {
-			redactCredentials(ex)
-		}
-		ex.decoders, ex.decodeLimit = p.decoders, p.decodeLimit
-		octx := context.WithoutCancel(ctx)
-		for _, o := range p.observers {
-			p.observe(octx, o, ex)
-		}
-		ex.closeDecoders()
+	p.metrics.record(ctx, st)
+	if len(p.observers) == 0 {
+		st.release()
+		return
 	}
+	if !p.showCredentials {
+		redactCredentials(ex)
+	}
+	ex.decoders, ex.decodeLimit = p.decoders, p.decodeLimit
+	st.octx = context.WithoutCancel(ctx)
+	if p.async != nil && p.async.dispatch(p, st) {
+		return
+	}
+	p.runObservers(st)
+}
+
+// runObservers calls the observers in order, then releases st: its pooled
+// buffers are free only once the last observer is done with them.
+func (p *Proxy) runObservers(st *exchangeState) {
+	timed := p.metrics.observerTimed(st.octx)
+	for i, o := range p.observers {
+		p.observe(st.octx, i, o, &st.ex, timed)
+	}
+	st.ex.closeDecoders()
 	st.release()
 }
 
@@ -282,13 +320,45 @@ func endErr(ctx context.Context, st *exchangeState) error {
 	return &kindError{kind: ErrClientGone, err: cause}
 }
 
-// observe calls one observer, containing its panic.
-func (p *Proxy) observe(ctx context.Context, o ResponseObserver, ex *Exchange) {
+// observe calls the observer at index i, containing its panic. If timed, it
+// records how long the call took, panic or not.
+func (p *Proxy) observe(ctx context.Context, i int, o ResponseObserver, ex *Exchange, timed bool) {
+	var start time.Time
+	if timed {
+		start = time.Now()
+	}
 	defer func() {
 		if v := recover(); v != nil {
+			p.metrics.panicked(ctx, i)
 			p.logger.LogAttrs(ctx, slog.LevelError, "tapproxy: observer panicked",
 				slog.Any("panic", v), slog.String("stack", string(debug.Stack())))
+		}
+		if timed {
+			p.metrics.observed(ctx, i, time.Since(start))
 		}
 	}()
 	o.ObserveResponse(ctx, ex)
 }
+
+// statusWriter notes the status a custom error handler answers with.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 && code >= 200 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Unwrap lets [http.ResponseController] reach the connection's writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
