@@ -55,6 +55,10 @@ func benchVariants() []benchVariant {
 		{"observer", func(tb testing.TB, target *url.URL) http.Handler {
 			return benchTapproxy(tb, target, tapproxy.WithObserver(readCapture))
 		}},
+		{"metrics", func(tb testing.TB, target *url.URL) http.Handler {
+			mp, _ := newReader(tb)
+			return benchTapproxy(tb, target, tapproxy.WithObserver(readCapture), tapproxy.WithMeterProvider(mp))
+		}},
 	}
 }
 
@@ -192,8 +196,9 @@ func BenchmarkProxy(b *testing.B) {
 }
 
 // TestAllocsWithinBudgetOfBareProxy holds the published allocation budget:
-// observing a response, with its 64 KiB capture read, costs at most 12
-// allocations per request more than the bare ReverseProxy it is built on.
+// observing a response, with its 64 KiB capture read and metrics recorded,
+// costs at most 12 allocations per request more than the bare ReverseProxy
+// it is built on.
 // The upstream answers in memory so that only the proxies are counted.
 func TestAllocsWithinBudgetOfBareProxy(t *testing.T) {
 	if tapproxy.RaceEnabled {
@@ -209,6 +214,7 @@ func TestAllocsWithinBudgetOfBareProxy(t *testing.T) {
 		return testing.AllocsPerRun(200, serve)
 	}
 	bare := count(bareProxy(target, cannedTransport{body}))
+	mp, _ := newReader(t)
 	tests := []struct {
 		name string
 		opts []tapproxy.Option
@@ -217,6 +223,8 @@ func TestAllocsWithinBudgetOfBareProxy(t *testing.T) {
 		{"observer reading the capture", []tapproxy.Option{tapproxy.WithObserver(readCapture)}},
 		{"observer under a capture budget", []tapproxy.Option{tapproxy.WithObserver(readCapture),
 			tapproxy.WithCaptureBudget(1 << 20)}},
+		{"observer and metrics", []tapproxy.Option{tapproxy.WithObserver(readCapture),
+			tapproxy.WithMeterProvider(mp)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

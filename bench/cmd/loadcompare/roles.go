@@ -20,6 +20,8 @@ import (
 	"sync"
 	"time"
 
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+
 	"github.com/tapproxy/tapproxy"
 )
 
@@ -152,17 +154,17 @@ func newVariant(name string, target *url.URL) (http.Handler, error) {
 		return tapproxy.New(target, tapproxy.WithLogger(discardLogger))
 	case "observer":
 		return tapproxy.New(target, tapproxy.WithLogger(discardLogger), tapproxy.WithObserver(readCapture))
-	}
-	if f, ok := extraVariants[name]; ok {
-		return f(target)
+	case full:
+		// Collected by nobody, as between two scrapes: recording is the
+		// cost a request pays.
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+		return tapproxy.New(target, tapproxy.WithLogger(discardLogger), tapproxy.WithObserver(readCapture),
+			tapproxy.WithMeterProvider(mp))
 	}
 	return nil, fmt.Errorf("unknown variant %q", name)
 }
 
 var discardLogger = slog.New(slog.DiscardHandler)
-
-// extraVariants are variants that need more than the core module.
-var extraVariants = map[string]func(*url.URL) (http.Handler, error){}
 
 // readCapture is an observer that reads the whole capture, as one that
 // parses or logs bodies would.
