@@ -405,61 +405,70 @@ func runLoad(ctx context.Context, cfg config, up *child, variants []string, rep 
 	return nil
 }
 
-// runBig relays the large response through each variant, each in a fresh
-// process so that its peak RSS is this scenario's.
+// runBig relays the large response through each variant. The proxies are
+// fresh processes, so that their peak RSS is this scenario's. First the
+// time to first byte is probed round-robin, each probe cut after its first
+// byte, so that all variants share the machine's weather; then each variant
+// relays one response whole, in turn. The naive variant only does the
+// latter: its first byte waits for the whole body.
 func runBig(ctx context.Context, cfg config, up *child, variants []string, rep *report) error {
 	path := fmt.Sprintf("/slow/%d?pause=%s", cfg.big, cfg.pause)
+	procs := map[string]*child{}
+	defer func() {
+		for _, c := range procs {
+			c.stop()
+		}
+	}()
+	urls := map[string]string{}
 	for _, v := range variants {
-		u := up.url()
-		var proc *child
-		if v != direct {
-			var err error
-			proc, err = startChild(ctx, cfg.timeout+time.Minute,
-				envRole+"=proxy", envVariant+"="+v, envTarget+"="+up.url())
-			if err != nil {
-				return fmt.Errorf("variant %s: %w", v, err)
+		urls[v] = up.url() + path
+		rep.big[v] = &bigResult{heapGrowth: -1, peakRSS: -1}
+		if v == direct {
+			continue
+		}
+		c, err := startChild(ctx, cfg.timeout+time.Minute,
+			envRole+"=proxy", envVariant+"="+v, envTarget+"="+up.url())
+		if err != nil {
+			return fmt.Errorf("variant %s: %w", v, err)
+		}
+		procs[v] = c
+		urls[v] = c.url() + path
+		if _, err := c.stats(ctx, true); err != nil {
+			return fmt.Errorf("variant %s: %w", v, err)
+		}
+	}
+	for i := range cfg.probes - 1 {
+		for j := range variants {
+			v := variants[(i+j)%len(variants)]
+			if v == "naive" {
+				continue
 			}
-			u = proc.url()
+			ttfb, _, err := bigProbe(ctx, urls[v], cfg.big, false)
+			if err != nil {
+				return fmt.Errorf("variant %s, large response: %w", v, err)
+			}
+			rep.big[v].ttfb = append(rep.big[v].ttfb, ttfb)
 		}
-		res, err := bigVariant(ctx, cfg, proc, u+path)
-		if proc != nil {
-			proc.stop()
-		}
+	}
+	for _, v := range variants {
+		res := rep.big[v]
+		ttfb, total, err := bigProbe(ctx, urls[v], cfg.big, true)
 		if err != nil {
 			return fmt.Errorf("variant %s, large response: %w", v, err)
 		}
-		rep.big[v] = res
+		res.ttfb, res.duration = append(res.ttfb, ttfb), total
+		if c := procs[v]; c != nil {
+			st, err := c.stats(ctx, false)
+			if err != nil {
+				return fmt.Errorf("variant %s: %w", v, err)
+			}
+			res.heapGrowth = int64(st.HeapGrowth)
+			if res.peakRSS, err = c.peakRSS(); err != nil {
+				return fmt.Errorf("variant %s: %w", v, err)
+			}
+			c.stop() // its memory goes back before the next whole response
+			delete(procs, v)
+		}
 	}
 	return nil
-}
-
-func bigVariant(ctx context.Context, cfg config, proc *child, u string) (*bigResult, error) {
-	res := &bigResult{heapGrowth: -1, peakRSS: -1}
-	if proc != nil {
-		if _, err := proc.stats(ctx, true); err != nil {
-			return nil, err
-		}
-	}
-	for i := range cfg.probes {
-		whole := i == cfg.probes-1
-		ttfb, total, err := bigProbe(ctx, u, cfg.big, whole)
-		if err != nil {
-			return nil, err
-		}
-		res.ttfb = append(res.ttfb, ttfb)
-		if whole {
-			res.duration = total
-		}
-	}
-	if proc != nil {
-		st, err := proc.stats(ctx, false)
-		if err != nil {
-			return nil, err
-		}
-		res.heapGrowth = int64(st.HeapGrowth)
-		if res.peakRSS, err = proc.peakRSS(); err != nil {
-			return nil, err
-		}
-	}
-	return res, nil
 }

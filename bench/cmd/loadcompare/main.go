@@ -73,7 +73,7 @@ func defaultConfig() config {
 		size:     1 << 10,
 		big:      1 << 30,
 		pause:    200 * time.Millisecond,
-		probes:   5,
+		probes:   101,
 		timeout:  10 * time.Minute,
 		variants: strings.Join(allVariants(), ","),
 	}
@@ -86,7 +86,7 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.size, "size", c.size, "response body bytes under load")
 	fs.Int64Var(&c.big, "big", c.big, "bytes of the large response (0 skips that scenario)")
 	fs.DurationVar(&c.pause, "pause", c.pause, "how long the large response pauses after its first KiB")
-	fs.IntVar(&c.probes, "probes", c.probes, "large responses per variant whose first byte is timed; all but the last are cut after it")
+	fs.IntVar(&c.probes, "probes", c.probes, "large responses per variant whose first byte is timed; all but the last are cut after it (naive: one)")
 	fs.DurationVar(&c.timeout, "timeout", c.timeout, "bound on the whole run")
 	fs.StringVar(&c.variants, "variants", c.variants, "comma-separated variants to compare")
 	fs.BoolVar(&c.markdown, "markdown", c.markdown, "print the report as Markdown")

@@ -42,7 +42,7 @@ func TestQuickRun(t *testing.T) {
 		report := out.String()
 		t.Log(report)
 		for _, v := range allVariants() {
-			rows := regexp.MustCompile(`(?m)^\|? ?` + v + `\b`).FindAllString(report, -1)
+			rows := regexp.MustCompile(`(?m)^\|? ?`+v+`\b`).FindAllString(report, -1)
 			assert.Len(t, rows, 3, "variant %s: a load row, a large-response row and a description", v)
 		}
 		verdicts := regexp.MustCompile(`(?m)^(- \*\*)?(PASS|FAIL)\b`).FindAllString(report, -1)
