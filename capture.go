@@ -128,8 +128,12 @@ type exchangeState struct {
 	resp   bodyBuffer
 	req    *requestTee
 	octx   context.Context // the observers' context
-	err    error           // from the error handler, classified
-	served bool            // ReverseProxy.ServeHTTP returned rather than panicked
+	// rctx is the request's context, for recording observer metrics: it
+	// carries the same values as octx, and looking them up through it
+	// does not allocate, unlike through context.WithoutCancel's.
+	rctx   context.Context
+	err    error // from the error handler, classified
+	served bool  // ReverseProxy.ServeHTTP returned rather than panicked
 
 	metrics exchangeMetrics
 }

@@ -277,7 +277,7 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 		redactCredentials(ex)
 	}
 	ex.decoders, ex.decodeLimit = p.decoders, p.decodeLimit
-	st.octx = context.WithoutCancel(ctx)
+	st.octx, st.rctx = context.WithoutCancel(ctx), ctx
 	if p.async != nil && p.async.dispatch(p, st) {
 		return
 	}
@@ -287,9 +287,9 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 // runObservers calls the observers in order, then releases st: its pooled
 // buffers are free only once the last observer is done with them.
 func (p *Proxy) runObservers(st *exchangeState) {
-	timed := p.metrics.observerTimed(st.octx)
+	timed := p.metrics.observerTimed(st.rctx)
 	for i, o := range p.observers {
-		p.observe(st.octx, i, o, &st.ex, timed)
+		p.observe(st, i, o, timed)
 	}
 	st.ex.closeDecoders()
 	st.release()
@@ -322,22 +322,22 @@ func endErr(ctx context.Context, st *exchangeState) error {
 
 // observe calls the observer at index i, containing its panic. If timed, it
 // records how long the call took, panic or not.
-func (p *Proxy) observe(ctx context.Context, i int, o ResponseObserver, ex *Exchange, timed bool) {
+func (p *Proxy) observe(st *exchangeState, i int, o ResponseObserver, timed bool) {
 	var start time.Time
 	if timed {
 		start = time.Now()
 	}
 	defer func() {
 		if v := recover(); v != nil {
-			p.metrics.panicked(ctx, i)
-			p.logger.LogAttrs(ctx, slog.LevelError, "tapproxy: observer panicked",
+			p.metrics.panicked(st.rctx, i)
+			p.logger.LogAttrs(st.octx, slog.LevelError, "tapproxy: observer panicked",
 				slog.Any("panic", v), slog.String("stack", string(debug.Stack())))
 		}
 		if timed {
-			p.metrics.observed(ctx, i, time.Since(start))
+			p.metrics.observed(st.rctx, i, time.Since(start))
 		}
 	}()
-	o.ObserveResponse(ctx, ex)
+	o.ObserveResponse(st.octx, &st.ex)
 }
 
 // statusWriter notes the status a custom error handler answers with.
