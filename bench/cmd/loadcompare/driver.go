@@ -307,40 +307,48 @@ type report struct {
 
 // run measures and prints the report; failed says a budget line failed.
 func run(ctx context.Context, cfg config, w io.Writer) (failed bool, err error) {
+	rep, err := measure(ctx, cfg)
+	if err != nil {
+		return false, err
+	}
+	return rep.print(w, cfg.markdown), nil
+}
+
+// measure runs both scenarios.
+func measure(ctx context.Context, cfg config) (*report, error) {
 	if cfg.rounds < 1 || cfg.conns < 1 || cfg.duration <= 0 || cfg.probes < 1 || cfg.size < 0 || cfg.big < 0 {
-		return false, errors.New("rounds, conns, duration and probes must be positive; size and big not negative")
+		return nil, errors.New("rounds, conns, duration and probes must be positive; size and big not negative")
 	}
 	if cfg.big > 0 && cfg.big < 1<<10 {
-		return false, errors.New("big must be at least 1024 bytes")
+		return nil, errors.New("big must be at least 1024 bytes")
 	}
 	variants := strings.Split(cfg.variants, ",")
 	for _, v := range variants {
 		if _, ok := descriptions[v]; !ok {
-			return false, fmt.Errorf("unknown variant %q (have %s)", v, strings.Join(allVariants(), ", "))
+			return nil, fmt.Errorf("unknown variant %q (have %s)", v, strings.Join(allVariants(), ", "))
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
-	lifetime := cfg.timeout + time.Minute
 	rep := &report{cfg: cfg, variants: variants, start: time.Now(),
 		load: map[string]*loadResult{}, big: map[string]*bigResult{}}
 
-	up, err := startChild(ctx, lifetime, envRole+"=upstream")
+	up, err := startChild(ctx, cfg.timeout+time.Minute, envRole+"=upstream")
 	if err != nil {
-		return false, fmt.Errorf("upstream: %w", err)
+		return nil, fmt.Errorf("upstream: %w", err)
 	}
 	defer up.stop()
 
 	if err := runLoad(ctx, cfg, up, variants, rep); err != nil {
-		return false, err
+		return nil, err
 	}
 	if cfg.big > 0 {
 		if err := runBig(ctx, cfg, up, variants, rep); err != nil {
-			return false, err
+			return nil, err
 		}
 	}
 	rep.took = time.Since(rep.start)
-	return rep.print(w), nil
+	return rep, nil
 }
 
 // runLoad starts every proxy variant and drives them in alternating

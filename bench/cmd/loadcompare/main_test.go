@@ -30,15 +30,15 @@ func TestQuickRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a process per variant")
 	}
+	cfg := defaultConfig()
+	cfg.rounds, cfg.duration, cfg.conns = 2, 100*time.Millisecond, 2
+	cfg.big, cfg.pause, cfg.probes = 1<<20, 10*time.Millisecond, 2
+	cfg.timeout = 2 * time.Minute
+	rep, err := measure(context.Background(), cfg)
+	require.NoError(t, err)
 	for _, markdown := range []bool{false, true} {
-		cfg := defaultConfig()
-		cfg.rounds, cfg.duration, cfg.conns = 2, 100*time.Millisecond, 2
-		cfg.big, cfg.pause, cfg.probes = 1<<20, 10*time.Millisecond, 2
-		cfg.timeout = 2 * time.Minute
-		cfg.markdown = markdown
 		var out bytes.Buffer
-		_, err := run(context.Background(), cfg, &out)
-		require.NoError(t, err)
+		rep.print(&out, markdown)
 		report := out.String()
 		t.Log(report)
 		for _, v := range allVariants() {

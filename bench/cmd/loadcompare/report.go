@@ -44,22 +44,13 @@ func (t *table) print(w io.Writer, markdown bool) {
 }
 
 // print writes the report and reports whether a budget line failed.
-func (r *report) print(w io.Writer) (failed bool) {
-	md := r.cfg.markdown
-	heading := func(s string) {
-		if md {
-			fmt.Fprintf(w, "\n## %s\n\n", s)
-		} else {
-			fmt.Fprintf(w, "\n%s\n\n", strings.ToUpper(s))
-		}
-	}
+func (r *report) print(w io.Writer, md bool) (failed bool) {
 	if md {
 		fmt.Fprint(w, "### Load comparison\n\n")
 	}
 	fmt.Fprintf(w, "Machine: %d CPUs, %s; %s/%s, %s.  \n", runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH, runtime.Version())
 	fmt.Fprintf(w, "Date: %s; the run took %s.  \n", r.start.UTC().Format(time.RFC3339), r.took.Round(time.Second))
 	fmt.Fprintf(w, "Command: `go run ./bench/cmd/loadcompare%s` (from the repository root).\n", argString(r.cfg.args))
-	_ = heading
 
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "Load: %d-byte responses, %d connections, %d alternating rounds of %s per variant; the upstream, each proxy and the load generator are separate processes on 127.0.0.1.\n\n",
