@@ -95,6 +95,9 @@ type Exchange struct {
 	Err error
 
 	body, reqBody []byte
+	decoders      map[string]Decoder
+	decodeLimit   int64
+	open          []io.Closer // decoders to close after the observers
 }
 
 // Body returns a new reader over the captured response body: the first bytes
@@ -119,11 +122,17 @@ type exchangeState struct {
 	req    *requestTee
 	err    error // from the error handler, classified
 	served bool  // ReverseProxy.ServeHTTP returned rather than panicked
+
+	metrics exchangeMetrics
 }
 
 var states = sync.Pool{New: func() any { return new(exchangeState) }}
 
 type stateKey struct{}
+
+func contextWithState(ctx context.Context, st *exchangeState) context.Context {
+	return context.WithValue(ctx, stateKey{}, st)
+}
 
 func stateFrom(ctx context.Context) *exchangeState {
 	st, _ := ctx.Value(stateKey{}).(*exchangeState)

@@ -3,7 +3,9 @@ package tapproxy
 import (
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -46,6 +48,54 @@ func PreserveHost() Director {
 // client sent are always dropped.
 func ForwardedHeaders() Director {
 	return func(pr *httputil.ProxyRequest) { pr.SetXForwarded() }
+}
+
+// TrustedForwardedHeaders returns a Director for a proxy behind load
+// balancers or other proxies. For a request whose peer address is in one of
+// trusted, it keeps the inbound X-Forwarded-For, X-Forwarded-Host,
+// X-Forwarded-Proto and Forwarded, and appends this hop: the peer's address
+// to X-Forwarded-For and a for= element to Forwarded (if the request had
+// one). For any other peer it acts as [ForwardedHeaders]: the inbound values
+// are dropped and fresh ones set, so clients cannot spoof them. With no
+// prefixes, no peer is trusted.
+func TrustedForwardedHeaders(trusted ...netip.Prefix) Director {
+	trusted = slices.Clone(trusted)
+	return func(pr *httputil.ProxyRequest) {
+		addr, err := netip.ParseAddrPort(pr.In.RemoteAddr)
+		peer := addr.Addr().Unmap()
+		if err != nil || !slices.ContainsFunc(trusted, func(p netip.Prefix) bool { return p.Contains(peer) }) {
+			pr.SetXForwarded()
+			return
+		}
+		in, out := pr.In.Header, pr.Out.Header
+		xff := peer.String()
+		if prior := in.Values("X-Forwarded-For"); len(prior) > 0 {
+			xff = strings.Join(prior, ", ") + ", " + xff
+		}
+		out.Set("X-Forwarded-For", xff)
+		keepOr(out, in, "X-Forwarded-Host", pr.In.Host)
+		proto := "http"
+		if pr.In.TLS != nil {
+			proto = "https"
+		}
+		keepOr(out, in, "X-Forwarded-Proto", proto)
+		if prior := in.Values("Forwarded"); len(prior) > 0 {
+			node := peer.String()
+			if peer.Is6() {
+				node = `"[` + node + `]"`
+			}
+			out.Set("Forwarded", strings.Join(prior, ", ")+", for="+node)
+		}
+	}
+}
+
+// keepOr copies header key from in to out, or sets it to def if in has none.
+func keepOr(out, in http.Header, key, def string) {
+	if v := in.Values(key); len(v) > 0 {
+		out[key] = slices.Clone(v)
+		return
+	}
+	out.Set(key, def)
 }
 
 // StripPrefix returns a Director that removes prefix from the inbound path

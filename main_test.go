@@ -206,3 +206,18 @@ func get(tb testing.TB, c *http.Client, u string) (*http.Response, []byte) {
 	require.NoError(tb, err)
 	return res, body
 }
+
+func hostOf(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		panic(err)
+	}
+	return u.Host
+}
+
+func mustParse(tb testing.TB, rawURL string) *url.URL {
+	tb.Helper()
+	u, err := url.Parse(rawURL)
+	require.NoError(tb, err)
+	return u
+}

@@ -3,7 +3,11 @@ package tapproxy
 import (
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 )
 
 // An Option configures a [Proxy]. Options are applied by [New] in the order
@@ -22,19 +26,24 @@ const DefaultCaptureLimit = 64 << 10
 
 // config is what the options build; New validates it once.
 type config struct {
-	directors      []Director
-	observers      []ResponseObserver
-	captureLimit   int64
-	reqCapture     int64
-	transport      http.RoundTripper
-	flushInterval  time.Duration
-	errorHandler   func(http.ResponseWriter, *http.Request, error)
-	modifyResponse func(*http.Response) error
-	logger         *slog.Logger
+	directors       []Director
+	observers       []ResponseObserver
+	captureLimit    int64
+	reqCapture      int64
+	transport       http.RoundTripper
+	flushInterval   time.Duration
+	errorHandler    func(http.ResponseWriter, *http.Request, error)
+	modifyResponse  func(*http.Response) error
+	logger          *slog.Logger
+	decoders        map[string]Decoder
+	decodeLimit     int64
+	showCredentials bool
+	meterProvider   metric.MeterProvider
+	route           func(*http.Request) string
 }
 
 func newConfig(opts []Option) *config {
-	c := &config{captureLimit: DefaultCaptureLimit}
+	c := &config{captureLimit: DefaultCaptureLimit, decodeLimit: DefaultDecodeLimit}
 	for _, o := range opts {
 		if o != nil {
 			o.apply(c)
@@ -45,6 +54,9 @@ func newConfig(opts []Option) *config {
 	}
 	if c.logger == nil {
 		c.logger = slog.Default()
+	}
+	if c.meterProvider == nil {
+		c.meterProvider = otel.GetMeterProvider()
 	}
 	return c
 }
@@ -153,6 +165,76 @@ func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(c *config) {
 		if l != nil {
 			c.logger = l
+		}
+	})
+}
+
+// WithDecoder registers a [Decoder] for the content coding name (such as
+// "br" or "zstd"), used by [Exchange.DecodedBody]. gzip and deflate are
+// built in; registering them replaces the built-in decoder. Names are case
+// insensitive. Repeated use accumulates, and a later registration of the
+// same name wins. A nil decoder is ignored.
+func WithDecoder(name string, d Decoder) Option {
+	return optionFunc(func(c *config) {
+		if d == nil {
+			return
+		}
+		if c.decoders == nil {
+			c.decoders = make(map[string]Decoder)
+		}
+		c.decoders[strings.ToLower(name)] = d
+	})
+}
+
+// WithDecodeLimit caps how many decoded bytes [Exchange.DecodedBody] yields,
+// against decompression bombs. The default is [DefaultDecodeLimit] (1 MiB).
+// Zero decodes nothing. A negative value makes [New] fail. The last call
+// wins.
+func WithDecodeLimit(n int64) Option {
+	return optionFunc(func(c *config) { c.decodeLimit = n })
+}
+
+// WithUnredactedCredentials lets observers see the values of credential
+// headers: Authorization, Proxy-Authorization and Cookie on the request, and
+// Set-Cookie on the response. By default observers see them redacted ("Bearer
+// REDACTED", "session=REDACTED"); the request and response the proxy relays
+// are never changed either way. Repeating it has no further effect.
+func WithUnredactedCredentials() Option {
+	return optionFunc(func(c *config) { c.showCredentials = true })
+}
+
+// WithMeterProvider sets the OpenTelemetry MeterProvider the proxy records
+// its metrics with: the HTTP semantic conventions' server metrics for the
+// client-facing leg, their client metrics for the upstream leg, and its own
+// under "tapproxy." (the README lists them all). [New] creates the Meter,
+// named [ScopeName] with version [Version], and its instruments once.
+//
+// The default is [otel.GetMeterProvider] at the time New runs, which records
+// nothing until the application sets a global provider. Nil keeps the
+// default. The last call wins. When the provider records nothing, recording
+// costs a few checks per request and no allocations.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(c *config) {
+		if mp != nil {
+			c.meterProvider = mp
+		}
+	})
+}
+
+// WithRoute sets the function that names the route of an inbound request,
+// recorded as the http.route attribute of the client-facing leg's metrics.
+// It is called once per request, after the response ended, with the request
+// as the client sent it, and must return a low-cardinality template such as
+// "/users/{id}", never the raw path; an empty string leaves the attribute
+// out for that request. It must be safe for concurrent use. If it panics,
+// the panic is logged and the request is recorded without a route.
+//
+// By default there is none, and no metric carries http.route. A nil function
+// is ignored. The last call wins.
+func WithRoute(f func(r *http.Request) string) Option {
+	return optionFunc(func(c *config) {
+		if f != nil {
+			c.route = f
 		}
 	})
 }

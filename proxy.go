@@ -18,17 +18,21 @@ import (
 // the client as it arrives, while a size-capped copy of its body is taken
 // for the observers. Create one with [New]; it is safe for concurrent use.
 type Proxy struct {
-	rp             httputil.ReverseProxy
-	target         *url.URL
-	directors      []Director
-	observers      []ResponseObserver
-	captureLimit   int
-	reqCapture     int
-	errorHandler   func(http.ResponseWriter, *http.Request, error)
-	modifyResponse func(*http.Response) error
-	logger         *slog.Logger
-	captures       capturePool
-	reqCaptures    capturePool
+	rp              httputil.ReverseProxy
+	target          *url.URL
+	directors       []Director
+	observers       []ResponseObserver
+	captureLimit    int
+	reqCapture      int
+	errorHandler    func(http.ResponseWriter, *http.Request, error)
+	modifyResponse  func(*http.Response) error
+	logger          *slog.Logger
+	captures        capturePool
+	reqCaptures     capturePool
+	decoders        map[string]Decoder
+	decodeLimit     int64
+	showCredentials bool
+	metrics         *meters
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -51,8 +55,15 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 	if c.captureLimit < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: capture limit %d is negative", c.captureLimit))
 	}
+	if c.decodeLimit < 0 {
+		errs = append(errs, fmt.Errorf("tapproxy: decode limit %d is negative", c.decodeLimit))
+	}
 	if c.reqCapture < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: request capture limit %d is negative", c.reqCapture))
+	}
+	m, err := newMeters(c)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("tapproxy: creating instruments: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -60,13 +71,17 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 
 	t := *target // the caller may reuse theirs
 	p := &Proxy{
-		target:         &t,
-		directors:      c.directors,
-		observers:      c.observers,
-		reqCapture:     int(min(c.reqCapture, math.MaxInt32)),
-		errorHandler:   c.errorHandler,
-		modifyResponse: c.modifyResponse,
-		logger:         c.logger,
+		target:          &t,
+		directors:       c.directors,
+		observers:       c.observers,
+		reqCapture:      int(min(c.reqCapture, math.MaxInt32)),
+		errorHandler:    c.errorHandler,
+		modifyResponse:  c.modifyResponse,
+		logger:          c.logger,
+		decoders:        c.decoders,
+		decodeLimit:     c.decodeLimit,
+		showCredentials: c.showCredentials,
+		metrics:         m,
 	}
 	if len(c.observers) > 0 {
 		// Without observers nobody reads the capture, so take none.
@@ -91,7 +106,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.ex.Start = time.Now()
 	st.target = p.target
 	st.resp.limit, st.resp.pool = p.captureLimit, &p.captures
-	ctx := context.WithValue(r.Context(), stateKey{}, st)
+	p.metrics.begin(r.Context(), st, r)
+	ctx := contextWithState(r.Context(), st)
 	// finish is deferred so that it also runs when ReverseProxy aborts the
 	// response with http.ErrAbortHandler; that panic then goes on to the
 	// server, which closes the connection.
@@ -119,14 +135,16 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 type roundTripper struct{ rt http.RoundTripper }
 
 func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
-	res, err := t.rt.RoundTrip(req)
 	st := stateFrom(req.Context())
+	st.metrics.sending()
+	res, err := t.rt.RoundTrip(req)
 	st.ex.Request = req
 	if err != nil {
 		return nil, err
 	}
 	st.ex.TimeToHeaders = time.Since(st.ex.Start)
 	st.ex.Response = res
+	st.metrics.received(res)
 	if res.Request == nil {
 		res.Request = req
 	}
@@ -172,8 +190,14 @@ func (p *Proxy) onError(w http.ResponseWriter, r *http.Request, err error) {
 		err = &kindError{kind: ErrClientGone, err: err}
 	}
 	st.err = err
+	// The metrics take the status the client got; one that left got none.
+	gone := kindOf(err) == ErrClientGone
 	if p.errorHandler != nil {
-		p.errorHandler(w, r, err)
+		sw := &statusWriter{ResponseWriter: w}
+		p.errorHandler(sw, r, err)
+		if !gone {
+			st.metrics.status = sw.code
+		}
 		return
 	}
 	code := http.StatusBadGateway
@@ -184,6 +208,7 @@ func (p *Proxy) onError(w http.ResponseWriter, r *http.Request, err error) {
 		code = http.StatusGatewayTimeout
 		fallthrough
 	default:
+		st.metrics.status = code
 		p.logger.LogAttrs(r.Context(), slog.LevelError, "tapproxy: upstream error",
 			slog.String("method", r.Method), slog.String("url", r.URL.Redacted()), slog.Any("error", err))
 	}
@@ -224,11 +249,18 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 		ex.reqBody, ex.RequestBodyBytes = st.req.stop()
 		ex.RequestTruncated = int64(len(ex.reqBody)) < ex.RequestBodyBytes
 	}
+	p.metrics.record(ctx, st)
 	if len(p.observers) > 0 {
-		octx := context.WithoutCancel(ctx)
-		for _, o := range p.observers {
-			p.observe(octx, o, ex)
+		if !p.showCredentials {
+			redactCredentials(ex)
 		}
+		ex.decoders, ex.decodeLimit = p.decoders, p.decodeLimit
+		octx := context.WithoutCancel(ctx)
+		timed := p.metrics.observerTimed(octx)
+		for i, o := range p.observers {
+			p.observe(octx, i, o, ex, timed)
+		}
+		ex.closeDecoders()
 	}
 	st.release()
 }
@@ -258,13 +290,45 @@ func endErr(ctx context.Context, st *exchangeState) error {
 	return &kindError{kind: ErrClientGone, err: cause}
 }
 
-// observe calls one observer, containing its panic.
-func (p *Proxy) observe(ctx context.Context, o ResponseObserver, ex *Exchange) {
+// observe calls the observer at index i, containing its panic. If timed, it
+// records how long the call took, panic or not.
+func (p *Proxy) observe(ctx context.Context, i int, o ResponseObserver, ex *Exchange, timed bool) {
+	var start time.Time
+	if timed {
+		start = time.Now()
+	}
 	defer func() {
 		if v := recover(); v != nil {
+			p.metrics.panicked(ctx, i)
 			p.logger.LogAttrs(ctx, slog.LevelError, "tapproxy: observer panicked",
 				slog.Any("panic", v), slog.String("stack", string(debug.Stack())))
+		}
+		if timed {
+			p.metrics.observed(ctx, i, time.Since(start))
 		}
 	}()
 	o.ObserveResponse(ctx, ex)
 }
+
+// statusWriter notes the status a custom error handler answers with.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 && code >= 200 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Unwrap lets [http.ResponseController] reach the connection's writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -22,7 +23,10 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:]); errors.Is(err, flag.ErrHelp) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
 	} else if err != nil {
 		fmt.Fprintln(os.Stderr, "simple:", err)
@@ -30,8 +34,10 @@ func main() {
 	}
 }
 
-func run(args []string) error {
+// run serves until ctx is done, logging to logw.
+func run(ctx context.Context, args []string, logw io.Writer) error {
 	fs := flag.NewFlagSet("simple", flag.ContinueOnError)
+	fs.SetOutput(logw)
 	port := fs.Int("port", 8080, "port to listen on")
 	target := fs.String("target-url", "http://127.0.0.1:9000", "upstream to proxy to")
 	if err := fs.Parse(args); err != nil {
@@ -41,7 +47,7 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("-target-url: %w", err)
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	logger := slog.New(slog.NewTextHandler(logw, nil))
 	proxy, err := tapproxy.New(u,
 		tapproxy.WithLogger(logger),
 		tapproxy.WithDirector(tapproxy.ForwardedHeaders()),
@@ -68,8 +74,6 @@ func run(args []string) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelError),
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	logger.Info("proxying", "listen", srv.Addr, "target", u.Redacted())

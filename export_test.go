@@ -1,0 +1,4 @@
+package tapproxy
+
+// RaceEnabled lets external tests skip allocation counts under -race.
+const RaceEnabled = raceEnabled

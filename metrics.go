@@ -1,0 +1,560 @@
+package tapproxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/semconv/v1.43.0/httpconv"
+)
+
+// ScopeName is the instrumentation scope name of the Meter a [Proxy] records
+// its metrics with: the module path. Views can select its instruments by it.
+const ScopeName = "github.com/tapproxy/tapproxy"
+
+// Version is the version of tapproxy, reported as the instrumentation
+// scope's version.
+const Version = "0.1.0"
+
+// durationBuckets are the HTTP semantic conventions' advice for request
+// durations, in seconds.
+var durationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
+
+// observerBuckets are finer: an observer runs on the request's path and
+// should take microseconds, which the HTTP buckets would lump together.
+var observerBuckets = []float64{0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}
+
+// sizeBuckets are for body sizes in bytes: the conventions give none, and
+// the SDK's default (up to 10000) would put most bodies in the last bucket.
+var sizeBuckets = []float64{0, 64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20}
+
+// The names of the proxy's own instruments, and their attribute keys.
+const (
+	timeToHeadersName    = "tapproxy.upstream.time_to_headers"
+	captureBytesName     = "tapproxy.capture.bytes"
+	captureTruncatedName = "tapproxy.capture.truncated"
+	observerDurationName = "tapproxy.observer.duration"
+	observerPanicsName   = "tapproxy.observer.panics"
+
+	// bodyKey says which body a capture metric is about: "request" or
+	// "response".
+	bodyKey = attribute.Key("tapproxy.body")
+	// observerKey is the observer's position in the chain, from 0.
+	observerKey = attribute.Key("tapproxy.observer.index")
+)
+
+// The error.type values for the kinds of failure. A client that went away has
+// its own, so that alerts on upstream failures can leave it out.
+const (
+	errorTypeUnavailable = "upstream_unavailable"
+	errorTypeTimeout     = "upstream_timeout"
+	errorTypeReset       = "upstream_reset"
+	errorTypeMalformed   = "upstream_malformed"
+	errorTypeClientGone  = "client_gone"
+	errorTypeOther       = "_OTHER"
+)
+
+// ErrorType returns the error.type value of the error's kind, so that
+// [semconv.ErrorType] agrees with the proxy's metrics.
+func (e *kindError) ErrorType() string { return errorTypeNames[errKindOf(e)] }
+
+// errKind numbers the error.type values, so that attribute cache keys stay
+// small.
+type errKind uint8
+
+const (
+	errNone errKind = iota
+	errUnavailable
+	errTimeout
+	errReset
+	errMalformed
+	errClientGone
+	errOther
+)
+
+var errorTypeNames = [...]string{
+	errNone:        "",
+	errUnavailable: errorTypeUnavailable,
+	errTimeout:     errorTypeTimeout,
+	errReset:       errorTypeReset,
+	errMalformed:   errorTypeMalformed,
+	errClientGone:  errorTypeClientGone,
+	errOther:       errorTypeOther,
+}
+
+func errKindOf(err error) errKind {
+	if err == nil {
+		return errNone
+	}
+	switch kindOf(err) {
+	case ErrUpstreamUnavailable:
+		return errUnavailable
+	case ErrUpstreamTimeout:
+		return errTimeout
+	case ErrUpstreamReset:
+		return errReset
+	case ErrUpstreamMalformed:
+		return errMalformed
+	case ErrClientGone:
+		return errClientGone
+	}
+	return errOther
+}
+
+// knownMethods are the methods the conventions name; others are recorded as
+// _OTHER, so that a client cannot blow up the number of series.
+var knownMethods = [...]string{
+	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+	http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace, "QUERY",
+}
+
+const methodOther = uint8(len(knownMethods))
+
+func methodIndex(m string) uint8 {
+	for i, k := range knownMethods {
+		if m == k {
+			return uint8(i)
+		}
+	}
+	return methodOther
+}
+
+func methodName(i uint8) string {
+	if i == methodOther {
+		return "_OTHER"
+	}
+	return knownMethods[i]
+}
+
+// protocolVersion formats an HTTP version as the conventions want it:
+// "1.1", "2", "3".
+func protocolVersion(major, minor int) string {
+	switch {
+	case major == 1 && minor == 1:
+		return "1.1"
+	case major == 1 && minor == 0:
+		return "1.0"
+	case major >= 2 && minor == 0:
+		return strconv.Itoa(major)
+	}
+	return strconv.Itoa(major) + "." + strconv.Itoa(minor)
+}
+
+// meters holds a proxy's instruments and the attribute options it has
+// built for them.
+type meters struct {
+	serverDuration metric.Float64Histogram
+	serverActive   metric.Int64UpDownCounter
+	serverReqSize  metric.Int64Histogram
+	serverRespSize metric.Int64Histogram
+	clientDuration metric.Float64Histogram
+	clientReqSize  metric.Int64Histogram
+	clientRespSize metric.Int64Histogram
+	timeToHeaders  metric.Float64Histogram
+	captureBytes   metric.Int64Counter
+	captureTrunc   metric.Int64Counter
+	obsDuration    metric.Float64Histogram
+	obsPanics      metric.Int64Counter
+
+	route  func(*http.Request) string
+	logger *slog.Logger
+
+	// Options for attribute sets known in advance: built once, so that
+	// recording them allocates nothing.
+	active          [methodOther + 1][2][]metric.AddOption // by method and TLS
+	requestCapture  []metric.AddOption
+	responseCapture []metric.AddOption
+	observerRecord  [][]metric.RecordOption
+	observerAdd     [][]metric.AddOption
+
+	server attrCache[serverKey, []metric.RecordOption]
+	client attrCache[clientKey, clientOptions]
+}
+
+func newMeters(c *config) (*meters, error) {
+	meter := c.meterProvider.Meter(ScopeName,
+		metric.WithInstrumentationVersion(Version),
+		metric.WithSchemaURL(semconv.SchemaURL))
+	m := &meters{route: c.route, logger: c.logger}
+	var errs []error
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	sizes := metric.WithExplicitBucketBoundaries(sizeBuckets...)
+
+	// The httpconv constructors set the conventions' names, units,
+	// descriptions and duration buckets (after any given here).
+	sd, err := httpconv.NewServerRequestDuration(meter)
+	check(err)
+	m.serverDuration = sd.Inst()
+	sa, err := httpconv.NewServerActiveRequests(meter)
+	check(err)
+	m.serverActive = sa.Inst()
+	sq, err := httpconv.NewServerRequestBodySize(meter, sizes)
+	check(err)
+	m.serverReqSize = sq.Inst()
+	sr, err := httpconv.NewServerResponseBodySize(meter, sizes)
+	check(err)
+	m.serverRespSize = sr.Inst()
+	cd, err := httpconv.NewClientRequestDuration(meter)
+	check(err)
+	m.clientDuration = cd.Inst()
+	cq, err := httpconv.NewClientRequestBodySize(meter, sizes)
+	check(err)
+	m.clientReqSize = cq.Inst()
+	cr, err := httpconv.NewClientResponseBodySize(meter, sizes)
+	check(err)
+	m.clientRespSize = cr.Inst()
+
+	m.timeToHeaders, err = meter.Float64Histogram(timeToHeadersName,
+		metric.WithDescription("Time from receiving a request until the upstream's response headers arrived."),
+		metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	check(err)
+	m.captureBytes, err = meter.Int64Counter(captureBytesName,
+		metric.WithDescription("Body bytes kept for observers."),
+		metric.WithUnit("By"))
+	check(err)
+	m.captureTrunc, err = meter.Int64Counter(captureTruncatedName,
+		metric.WithDescription("Exchanges whose body was longer than its capture limit."),
+		metric.WithUnit("{exchange}"))
+	check(err)
+	m.obsDuration, err = meter.Float64Histogram(observerDurationName,
+		metric.WithDescription("Time an observer took to handle an exchange."),
+		metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(observerBuckets...))
+	check(err)
+	m.obsPanics, err = meter.Int64Counter(observerPanicsName,
+		metric.WithDescription("Observer calls that panicked."),
+		metric.WithUnit("{panic}"))
+	check(err)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+
+	for mi := range m.active {
+		for tls, scheme := range [2]string{"http", "https"} {
+			set := attribute.NewSet(
+				semconv.HTTPRequestMethodKey.String(methodName(uint8(mi))),
+				semconv.URLSchemeKey.String(scheme))
+			m.active[mi][tls] = []metric.AddOption{metric.WithAttributeSet(set)}
+		}
+	}
+	m.requestCapture = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(bodyKey.String("request")))}
+	m.responseCapture = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(bodyKey.String("response")))}
+	for i := range c.observers {
+		o := metric.WithAttributeSet(attribute.NewSet(observerKey.Int(i)))
+		m.observerRecord = append(m.observerRecord, []metric.RecordOption{o})
+		m.observerAdd = append(m.observerAdd, []metric.AddOption{o})
+	}
+	m.server.build = buildServer
+	m.client.build = buildClient
+	return m, nil
+}
+
+// exchangeMetrics is what an exchangeState keeps for the metrics.
+type exchangeMetrics struct {
+	in       *http.Request      // as received from the client
+	active   []metric.AddOption // the active count went up with these
+	sent     time.Time          // when the upstream request left, if timed
+	status   int                // what the error handler answered, 0 if none
+	upStatus int                // the upstream's status, 0 if none arrived
+	upMajor  uint8
+	upMinor  uint8
+	timed    bool // the upstream leg's duration is being recorded
+}
+
+// begin counts the request as active, if that is being recorded.
+func (m *meters) begin(ctx context.Context, st *exchangeState, r *http.Request) {
+	sm := &st.metrics
+	sm.in = r
+	sm.timed = m.clientDuration.Enabled(ctx)
+	if !m.serverActive.Enabled(ctx) {
+		return
+	}
+	tls := 0
+	if r.TLS != nil {
+		tls = 1
+	}
+	sm.active = m.active[methodIndex(r.Method)][tls]
+	m.serverActive.Add(ctx, 1, sm.active...)
+}
+
+// sending notes when the upstream request leaves.
+func (sm *exchangeMetrics) sending() {
+	if sm.timed {
+		sm.sent = time.Now()
+	}
+}
+
+// received notes the upstream's response as it arrived, before any hook
+// could change it.
+func (sm *exchangeMetrics) received(res *http.Response) {
+	sm.upStatus = res.StatusCode
+	sm.upMajor, sm.upMinor = uint8(min(res.ProtoMajor, 255)), uint8(min(res.ProtoMinor, 255))
+}
+
+// record records a settled exchange: everything but the observers.
+func (m *meters) record(ctx context.Context, st *exchangeState) {
+	ex, sm := &st.ex, &st.metrics
+	kind := errKindOf(ex.Err)
+	if out := ex.Request; out != nil {
+		cd, cq, cr, th := m.clientDuration.Enabled(ctx), m.clientReqSize.Enabled(ctx),
+			m.clientRespSize.Enabled(ctx), m.timeToHeaders.Enabled(ctx) && sm.upStatus != 0
+		if cd || cq || cr || th {
+			k := clientKey{
+				method:  methodIndex(out.Method),
+				scheme:  out.URL.Scheme,
+				address: out.URL.Hostname(),
+				status:  sm.upStatus,
+				major:   sm.upMajor,
+				minor:   sm.upMinor,
+				err:     kind,
+			}
+			k.port, _ = strconv.Atoi(out.URL.Port())
+			if k.port == 0 {
+				k.port = 80
+				if k.scheme == "https" {
+					k.port = 443
+				}
+			}
+			opts := m.client.get(k)
+			if cd && !sm.sent.IsZero() {
+				m.clientDuration.Record(ctx, ex.Start.Add(ex.Duration).Sub(sm.sent).Seconds(), opts.full...)
+			}
+			if cq {
+				m.clientReqSize.Record(ctx, ex.RequestBodyBytes, opts.full...)
+			}
+			if cr {
+				m.clientRespSize.Record(ctx, ex.BodyBytes, opts.full...)
+			}
+			if th {
+				m.timeToHeaders.Record(ctx, ex.TimeToHeaders.Seconds(), opts.headers...)
+			}
+		}
+	}
+
+	if (len(ex.body) > 0 || len(ex.reqBody) > 0) && m.captureBytes.Enabled(ctx) {
+		if len(ex.body) > 0 {
+			m.captureBytes.Add(ctx, int64(len(ex.body)), m.responseCapture...)
+		}
+		if len(ex.reqBody) > 0 {
+			m.captureBytes.Add(ctx, int64(len(ex.reqBody)), m.requestCapture...)
+		}
+	}
+	// Only a capture that is on can be truncated: with a limit of zero,
+	// every body is "truncated", by choice.
+	resTrunc := ex.Truncated && st.resp.limit > 0
+	reqTrunc := ex.RequestTruncated && st.req != nil && st.req.buf.limit > 0
+	if (resTrunc || reqTrunc) && m.captureTrunc.Enabled(ctx) {
+		if resTrunc {
+			m.captureTrunc.Add(ctx, 1, m.responseCapture...)
+		}
+		if reqTrunc {
+			m.captureTrunc.Add(ctx, 1, m.requestCapture...)
+		}
+	}
+
+	// The client-facing leg's duration last, so that a reader that sees
+	// it sees the rest of the exchange too.
+	if sm.active != nil {
+		// With the options it went up with, even if a view changed since.
+		m.serverActive.Add(ctx, -1, sm.active...)
+	}
+	sd, sq, sr := m.serverDuration.Enabled(ctx), m.serverReqSize.Enabled(ctx), m.serverRespSize.Enabled(ctx)
+	if sd || sq || sr {
+		in := sm.in
+		k := serverKey{
+			method: methodIndex(in.Method),
+			tls:    in.TLS != nil,
+			major:  uint8(min(in.ProtoMajor, 255)),
+			minor:  uint8(min(in.ProtoMinor, 255)),
+			status: sm.status,
+			err:    kind,
+		}
+		if k.status == 0 && st.err == nil && ex.Response != nil {
+			k.status = ex.Response.StatusCode
+		}
+		if m.route != nil {
+			k.route = m.routeOf(ctx, in)
+		}
+		opts := m.server.get(k)
+		if sq {
+			m.serverReqSize.Record(ctx, ex.RequestBodyBytes, opts...)
+		}
+		if sr {
+			m.serverRespSize.Record(ctx, ex.BodyBytes, opts...)
+		}
+		if sd {
+			m.serverDuration.Record(ctx, ex.Duration.Seconds(), opts...)
+		}
+	}
+}
+
+// routeOf calls the user's route function, containing its panic: the
+// exchange must still be recorded and observed.
+func (m *meters) routeOf(ctx context.Context, r *http.Request) (route string) {
+	defer func() {
+		if v := recover(); v != nil {
+			route = ""
+			m.logger.LogAttrs(ctx, slog.LevelError, "tapproxy: route function panicked",
+				slog.Any("panic", v), slog.String("stack", string(debug.Stack())))
+		}
+	}()
+	return m.route(r)
+}
+
+// observerTimed reports whether observer durations are being recorded; the
+// clock is read only then.
+func (m *meters) observerTimed(ctx context.Context) bool { return m.obsDuration.Enabled(ctx) }
+
+func (m *meters) observed(ctx context.Context, i int, d time.Duration) {
+	m.obsDuration.Record(ctx, d.Seconds(), m.observerRecord[i]...)
+}
+
+func (m *meters) panicked(ctx context.Context, i int) {
+	m.obsPanics.Add(ctx, 1, m.observerAdd[i]...)
+}
+
+// serverKey is what the client-facing leg's attributes are made of.
+type serverKey struct {
+	route        string
+	status       int
+	method       uint8
+	major, minor uint8
+	err          errKind
+	tls          bool
+}
+
+func buildServer(k serverKey) []metric.RecordOption {
+	scheme := "http"
+	if k.tls {
+		scheme = "https"
+	}
+	kv := []attribute.KeyValue{
+		semconv.HTTPRequestMethodKey.String(methodName(k.method)),
+		semconv.URLSchemeKey.String(scheme),
+		semconv.NetworkProtocolVersionKey.String(protocolVersion(int(k.major), int(k.minor))),
+	}
+	if k.status != 0 {
+		kv = append(kv, semconv.HTTPResponseStatusCodeKey.Int(k.status))
+	}
+	if k.route != "" {
+		kv = append(kv, semconv.HTTPRouteKey.String(k.route))
+	}
+	switch {
+	case k.err != errNone:
+		kv = append(kv, semconv.ErrorTypeKey.String(errorTypeNames[k.err]))
+	case k.status >= 500:
+		// A server's 5xx is its error; a 4xx is the client's.
+		kv = append(kv, semconv.ErrorTypeKey.String(strconv.Itoa(k.status)))
+	}
+	return []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(kv...))}
+}
+
+// clientKey is what the upstream leg's attributes are made of.
+type clientKey struct {
+	scheme, address string
+	port            int
+	status          int
+	method          uint8
+	major, minor    uint8
+	err             errKind
+}
+
+// clientOptions holds the upstream leg's attributes, in full and without
+// error.type for the time to headers: a failure after the headers arrived
+// says nothing about how long they took.
+type clientOptions struct {
+	full, headers []metric.RecordOption
+}
+
+func buildClient(k clientKey) clientOptions {
+	kv := []attribute.KeyValue{
+		semconv.HTTPRequestMethodKey.String(methodName(k.method)),
+		semconv.URLSchemeKey.String(k.scheme),
+		semconv.ServerAddressKey.String(k.address),
+		semconv.ServerPortKey.Int(k.port),
+	}
+	if k.status != 0 {
+		kv = append(kv,
+			semconv.HTTPResponseStatusCodeKey.Int(k.status),
+			semconv.NetworkProtocolVersionKey.String(protocolVersion(int(k.major), int(k.minor))))
+	}
+	headers := []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(kv...))}
+	switch {
+	case k.err != errNone:
+		kv = append(kv, semconv.ErrorTypeKey.String(errorTypeNames[k.err]))
+	case k.status >= 400:
+		// For a client, any 4xx or 5xx answer is an error.
+		kv = append(kv, semconv.ErrorTypeKey.String(strconv.Itoa(k.status)))
+	}
+	return clientOptions{
+		full:    []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(kv...))},
+		headers: headers,
+	}
+}
+
+// maxAttrSets bounds an attrCache. Past it, options are built per request:
+// slower, but a flood of distinct routes or hosts cannot exhaust memory.
+const maxAttrSets = 1024
+
+// attrCache maps attribute keys to the options built from them, so that a
+// request whose attributes were seen before records without allocating.
+// Reads take no lock: the map is replaced, never changed.
+type attrCache[K comparable, V any] struct {
+	m     atomic.Pointer[map[K]V]
+	mu    sync.Mutex // serializes writers
+	build func(K) V
+}
+
+func (c *attrCache[K, V]) get(k K) V {
+	if m := c.m.Load(); m != nil {
+		if v, ok := (*m)[k]; ok {
+			return v
+		}
+	}
+	return c.add(k)
+}
+
+func (c *attrCache[K, V]) add(k K) V {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.m.Load()
+	if old != nil {
+		if v, ok := (*old)[k]; ok {
+			return v
+		}
+	}
+	v := c.build(k)
+	if old != nil && len(*old) >= maxAttrSets {
+		return v
+	}
+	m := make(map[K]V, 1+lenMap(old))
+	if old != nil {
+		for k, v := range *old {
+			m[k] = v
+		}
+	}
+	m[k] = v
+	c.m.Store(&m)
+	return v
+}
+
+func lenMap[K comparable, V any](m *map[K]V) int {
+	if m == nil {
+		return 0
+	}
+	return len(*m)
+}

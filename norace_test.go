@@ -1,0 +1,5 @@
+//go:build !race
+
+package tapproxy
+
+const raceEnabled = false
