@@ -835,7 +835,7 @@ func TestDeliveredDeclaredBodyIsClean(t *testing.T) {
 
 			// Without keep-alives the client closes its connection once it
 			// has read the body.
-			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: waitTimeout}
 			res, body := get(t, client, front.URL)
 			assert.EqualValues(t, n, res.ContentLength)
 			assert.Len(t, body, n)
