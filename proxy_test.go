@@ -315,6 +315,7 @@ func TestStreamsFlushAsTheyArrive(t *testing.T) {
 				o := rec.next(t)
 				assert.Equal(t, first+second, string(o.Body))
 				assert.NoError(t, o.Err)
+				assert.Equal(t, 1, closeAndCount(t, front, rec))
 			})
 		}
 	}
@@ -410,6 +411,7 @@ func TestRequestBodyStreams(t *testing.T) {
 			o := rec.next(t)
 			assert.EqualValues(t, size, o.ReqBodyBytes)
 			assert.NoError(t, o.Err)
+			assert.Equal(t, 1, closeAndCount(t, front, rec))
 		})
 	}
 }
@@ -611,6 +613,7 @@ func TestCompressedBytesPassUnchanged(t *testing.T) {
 			assert.Equal(t, "gzip", o.Header.Get("Content-Encoding"))
 			assert.EqualValues(t, len(gz), o.BodyBytes)
 			assert.NoError(t, o.Err)
+			assert.Equal(t, 1, closeAndCount(t, front, rec))
 		})
 	}
 }
@@ -908,7 +911,41 @@ func TestFramingUnchanged(t *testing.T) {
 				o := rec.next(t)
 				assert.Equal(t, tt.body, string(o.Body))
 				assert.NoError(t, o.Err)
+				assert.Equal(t, 1, closeAndCount(t, front, rec))
 			})
 		}
 	}
+}
+
+// TestHTTP2BothLegs pins HTTP/2 from the client to the proxy and from the
+// proxy (with a transport from NewTransport) to a TLS upstream, for a
+// request with a body and a response with one.
+func TestHTTP2BothLegs(t *testing.T) {
+	upProto := make(chan int, 1)
+	rec := newRecorder()
+	_, front := newPair(t, true, func(w http.ResponseWriter, r *http.Request) {
+		upProto <- r.ProtoMajor
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Write(bytes.ToUpper(body))
+	}, tapproxy.WithObserver(rec))
+
+	res, err := front.Client().Post(front.URL+"/h2", "text/plain", strings.NewReader("over http/2"))
+	require.NoError(t, err)
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	require.NoError(t, err)
+	assert.Equal(t, "OVER HTTP/2", string(body))
+	assert.Equal(t, 2, res.ProtoMajor, "client leg")
+	assert.Equal(t, 2, <-upProto, "upstream leg")
+
+	o := rec.next(t)
+	assert.Equal(t, 2, o.ProtoMajor)
+	assert.Equal(t, "OVER HTTP/2", string(o.Body))
+	assert.EqualValues(t, len("over http/2"), o.ReqBodyBytes)
+	assert.NoError(t, o.Err)
+	assert.Equal(t, 1, closeAndCount(t, front, rec))
 }
