@@ -125,6 +125,7 @@ type observed struct {
 	ReqTruncated  bool
 	Upgraded      bool
 	Err           error
+	Start         time.Time
 	TimeToHeaders time.Duration
 	Duration      time.Duration
 	CtxErr        error
@@ -150,6 +151,7 @@ func (r *recorder) ObserveResponse(ctx context.Context, ex *tapproxy.Exchange) {
 		ReqTruncated:  ex.RequestTruncated,
 		Upgraded:      ex.Upgraded,
 		Err:           ex.Err,
+		Start:         ex.Start,
 		TimeToHeaders: ex.TimeToHeaders,
 		Duration:      ex.Duration,
 		CtxErr:        ctx.Err(),

@@ -189,24 +189,37 @@ func TestEarlyHintsForwarded(t *testing.T) {
 	for _, leg := range legs {
 		t.Run(leg.name, func(t *testing.T) {
 			rec := newRecorder()
+			got1xx := make(chan struct{})
 			_, front := newPair(t, leg.h2, func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Link", link)
 				w.WriteHeader(http.StatusEarlyHints)
+				// The final headers go out only once the client has the
+				// hints: they are forwarded as they arrive.
+				select {
+				case <-got1xx:
+				case <-time.After(waitTimeout):
+					t.Error("the early hints did not reach the client before the final response")
+				}
 				w.Header().Del("Link")
 				w.Header().Set("Content-Type", "text/plain")
 				w.Write([]byte("done"))
 			}, tapproxy.WithObserver(rec))
 
 			var (
-				mu    sync.Mutex
-				codes []int
-				links []string
+				mu     sync.Mutex
+				codes  []int
+				links  []string
+				hintAt time.Time
 			)
 			trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
 				mu.Lock()
 				defer mu.Unlock()
 				codes = append(codes, code)
 				links = append(links, h.Get("Link"))
+				if len(codes) == 1 {
+					hintAt = time.Now()
+					close(got1xx)
+				}
 				return nil
 			}}
 			req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, front.URL, nil)
@@ -226,6 +239,10 @@ func TestEarlyHintsForwarded(t *testing.T) {
 
 			o := rec.next(t)
 			assert.Equal(t, http.StatusOK, o.Status, "observers see the final response")
+			mu.Lock()
+			assert.True(t, o.Start.Add(o.TimeToHeaders).After(hintAt),
+				"TimeToHeaders runs to the final headers, which came after the hints")
+			mu.Unlock()
 			assert.Equal(t, "done", string(o.Body))
 			assert.NoError(t, o.Err)
 			assert.Equal(t, 1, closeAndCount(t, front, rec))
