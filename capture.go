@@ -120,8 +120,9 @@ type exchangeState struct {
 	body   responseTee
 	resp   bodyBuffer
 	req    *requestTee
-	err    error // from the error handler, classified
-	served bool  // ReverseProxy.ServeHTTP returned rather than panicked
+	octx   context.Context // the observers' context
+	err    error           // from the error handler, classified
+	served bool            // ReverseProxy.ServeHTTP returned rather than panicked
 	w      http.ResponseWriter
 
 	metrics exchangeMetrics

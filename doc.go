@@ -22,7 +22,14 @@
 // ReverseProxy's Rewrite hook, so clients cannot spoof X-Forwarded-* or strip
 // headers that a director sets. Observers ([ResponseObserver]) run once per
 // request after the body ended, each reading its own view of the capture
-// through [Exchange.Body]. Upgrades (WebSocket), 1xx responses, trailers,
+// through [Exchange.Body] (or [Exchange.DecodedBody]); with
+// [WithAsyncObservers] they run on a bounded worker pool instead of the
+// request's goroutine. Upgrades (WebSocket), 1xx responses, trailers,
 // flushing of streams, HTTP/2 and gRPC pass through as with a bare
 // ReverseProxy.
+//
+// Every request is also recorded as OpenTelemetry metrics, following the
+// HTTP semantic conventions, through the MeterProvider given with
+// [WithMeterProvider]. Package tapproxytest puts the proxy in tests, as a
+// recording, fault-injecting stand-in for an upstream.
 package tapproxy

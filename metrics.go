@@ -44,6 +44,7 @@ const (
 	captureTruncatedName = "tapproxy.capture.truncated"
 	observerDurationName = "tapproxy.observer.duration"
 	observerPanicsName   = "tapproxy.observer.panics"
+	observerDroppedName  = "tapproxy.observer.dropped"
 
 	// bodyKey says which body a capture metric is about: "request" or
 	// "response".
@@ -164,6 +165,7 @@ type meters struct {
 	captureTrunc   metric.Int64Counter
 	obsDuration    metric.Float64Histogram
 	obsPanics      metric.Int64Counter
+	obsDropped     metric.Int64Counter
 
 	route  func(*http.Request) string
 	logger *slog.Logger
@@ -238,6 +240,10 @@ func newMeters(c *config) (*meters, error) {
 	m.obsPanics, err = meter.Int64Counter(observerPanicsName,
 		metric.WithDescription("Observer calls that panicked."),
 		metric.WithUnit("{panic}"))
+	check(err)
+	m.obsDropped, err = meter.Int64Counter(observerDroppedName,
+		metric.WithDescription("Exchanges not observed because the asynchronous observers' queue was full."),
+		metric.WithUnit("{exchange}"))
 	check(err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -426,6 +432,8 @@ func (m *meters) observed(ctx context.Context, i int, d time.Duration) {
 func (m *meters) panicked(ctx context.Context, i int) {
 	m.obsPanics.Add(ctx, 1, m.observerAdd[i]...)
 }
+
+func (m *meters) dropped(ctx context.Context) { m.obsDropped.Add(ctx, 1) }
 
 // serverKey is what the client-facing leg's attributes are made of.
 type serverKey struct {

@@ -40,6 +40,9 @@ type config struct {
 	showCredentials bool
 	meterProvider   metric.MeterProvider
 	route           func(*http.Request) string
+	async           bool
+	asyncWorkers    int
+	asyncQueue      int
 }
 
 func newConfig(opts []Option) *config {
@@ -236,5 +239,25 @@ func WithRoute(f func(r *http.Request) string) Option {
 		if f != nil {
 			c.route = f
 		}
+	})
+}
+
+// WithAsyncObservers delivers exchanges to the observers on a pool of
+// workers goroutines instead of the request's goroutine, through a queue
+// that holds up to queueSize exchanges. A slow observer then never delays a
+// response or the next request on its connection. Each exchange is still
+// observed by every observer, in order, on one worker; its capture stays
+// valid until the last observer returns.
+//
+// The queue never blocks a request: when it is full, the exchange is
+// dropped and counted in the tapproxy.observer.dropped metric. Call
+// [Proxy.Shutdown] or [Proxy.Close] to drain the queue and stop the workers.
+//
+// By default observers run synchronously. Workers must be at least 1 and
+// queueSize at least 0, or [New] fails. The last call wins. Without
+// observers it starts no workers.
+func WithAsyncObservers(workers, queueSize int) Option {
+	return optionFunc(func(c *config) {
+		c.async, c.asyncWorkers, c.asyncQueue = true, workers, queueSize
 	})
 }

@@ -33,6 +33,8 @@ type Proxy struct {
 	decodeLimit     int64
 	showCredentials bool
 	metrics         *meters
+	transport       http.RoundTripper
+	async           *dispatcher // nil: observers run on the request's goroutine
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -58,6 +60,9 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 	if c.decodeLimit < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: decode limit %d is negative", c.decodeLimit))
 	}
+	if c.async && (c.asyncWorkers < 1 || c.asyncQueue < 0) {
+		errs = append(errs, fmt.Errorf("tapproxy: asynchronous observers need workers > 0 and a queue size >= 0, got %d and %d", c.asyncWorkers, c.asyncQueue))
+	}
 	if c.reqCapture < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: request capture limit %d is negative", c.reqCapture))
 	}
@@ -82,10 +87,14 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 		decodeLimit:     c.decodeLimit,
 		showCredentials: c.showCredentials,
 		metrics:         m,
+		transport:       c.transport,
 	}
 	if len(c.observers) > 0 {
 		// Without observers nobody reads the capture, so take none.
 		p.captureLimit = int(min(c.captureLimit, math.MaxInt32))
+	}
+	if c.async && len(c.observers) > 0 {
+		p.async = newDispatcher(p, c.asyncWorkers, c.asyncQueue)
 	}
 	p.rp = httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
@@ -255,18 +264,29 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 		ex.RequestTruncated = int64(len(ex.reqBody)) < ex.RequestBodyBytes
 	}
 	p.metrics.record(ctx, st)
-	if len(p.observers) > 0 {
-		if !p.showCredentials {
-			redactCredentials(ex)
-		}
-		ex.decoders, ex.decodeLimit = p.decoders, p.decodeLimit
-		octx := context.WithoutCancel(ctx)
-		timed := p.metrics.observerTimed(octx)
-		for i, o := range p.observers {
-			p.observe(octx, i, o, ex, timed)
-		}
-		ex.closeDecoders()
+	if len(p.observers) == 0 {
+		st.release()
+		return
 	}
+	if !p.showCredentials {
+		redactCredentials(ex)
+	}
+	ex.decoders, ex.decodeLimit = p.decoders, p.decodeLimit
+	st.octx = context.WithoutCancel(ctx)
+	if p.async != nil && p.async.dispatch(p, st) {
+		return
+	}
+	p.runObservers(st)
+}
+
+// runObservers calls the observers in order, then releases st: its pooled
+// buffers are free only once the last observer is done with them.
+func (p *Proxy) runObservers(st *exchangeState) {
+	timed := p.metrics.observerTimed(st.octx)
+	for i, o := range p.observers {
+		p.observe(st.octx, i, o, &st.ex, timed)
+	}
+	st.ex.closeDecoders()
 	st.release()
 }
 

@@ -85,10 +85,12 @@ func WithTransport(rt http.RoundTripper) Option {
 // they win where they conflict: the server sets [tapproxy.WithFlushInterval]
 // to -1 (flush after every write, so that clients see injected faults at
 // once), the capture limits to the body limit, and its own logger and
-// transport. Unlike a plain proxy, it records credential headers
-// (Authorization, Cookie, Set-Cookie) as they were sent, with
-// [tapproxy.WithUnredactedCredentials], so that tests can assert them. Giving [tapproxy.WithTransport] here bypasses the faults; use
+// transport. Giving [tapproxy.WithTransport] here bypasses the faults; use
 // [WithTransport] instead. Repeated use accumulates. Nils are skipped.
+//
+// Unlike a plain proxy, a Server records credential headers
+// (Authorization, Cookie, Set-Cookie) as they were sent, with
+// [tapproxy.WithUnredactedCredentials], so that tests can assert them.
 func WithProxyOptions(opts ...tapproxy.Option) Option {
 	return optionFunc(func(c *config) { c.proxyOpts = append(c.proxyOpts, opts...) })
 }
@@ -109,6 +111,7 @@ type Server struct {
 	Recorder *Recorder
 
 	tb        TB
+	proxy     *tapproxy.Proxy
 	front     *httptest.Server
 	upstream  *httptest.Server // nil for a real upstream
 	transport http.RoundTripper
@@ -194,6 +197,7 @@ func (s *Server) start(target string, opts []Option) *Server {
 	if err != nil {
 		return fail("tapproxytest: %v", err)
 	}
+	s.proxy = p
 
 	s.front = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Number the request as it arrives; the proxy's hooks and the
@@ -238,6 +242,7 @@ func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.done)
 		s.front.Close()
+		s.proxy.Close() // drains asynchronous observers, if any were asked for
 		if t, ok := s.transport.(interface{ CloseIdleConnections() }); ok {
 			t.CloseIdleConnections()
 		}
