@@ -134,6 +134,7 @@ type exchangeState struct {
 	rctx   context.Context
 	err    error // from the error handler, classified
 	served bool  // ReverseProxy.ServeHTTP returned rather than panicked
+	w      http.ResponseWriter
 
 	metrics exchangeMetrics
 }
@@ -169,13 +170,21 @@ type responseTee struct {
 	rc      io.ReadCloser
 	st      *exchangeState
 	pending int64 // read, not yet known to be delivered
+	length  int64 // declared, or -1
 	eof     bool
 	readErr error
 }
 
 func (t *responseTee) Read(p []byte) (int, error) {
-	n, err := t.rc.Read(p)
 	st := t.st
+	if t.pending > 0 && st.ex.BodyBytes+t.pending == t.length {
+		// The whole declared body has been written; only the upstream's
+		// end of stream is to come, and an HTTP/2 upstream may send it
+		// much later (when its handler returns). Flush so that the
+		// client need not wait for it.
+		_ = http.NewResponseController(st.w).Flush()
+	}
+	n, err := t.rc.Read(p)
 	st.ex.BodyBytes += t.pending
 	t.pending = int64(n)
 	if n > 0 && st.resp.limit > 0 {

@@ -33,18 +33,65 @@ func newUpstream(tb testing.TB, h http.HandlerFunc) *httptest.Server {
 	return srv
 }
 
-// newFrontend builds a Proxy to upstream and serves it on loopback. Its
-// logs go to tb.Log.
-func newFrontend(tb testing.TB, upstream string, opts ...tapproxy.Option) *httptest.Server {
+// newH2Upstream starts a fake upstream on loopback that speaks HTTP/2 over
+// TLS. Reach it with a transport from trustingTransport.
+func newH2Upstream(tb testing.TB, h http.HandlerFunc) *httptest.Server {
+	tb.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.EnableHTTP2 = true
+	srv.Config.ErrorLog = slog.NewLogLogger(testLogger(tb).Handler(), slog.LevelError)
+	srv.StartTLS()
+	tb.Cleanup(srv.Close)
+	return srv
+}
+
+// trustingTransport returns a proxy transport from [tapproxy.NewTransport]
+// that trusts srv's test certificate.
+func trustingTransport(tb testing.TB, srv *httptest.Server) *http.Transport {
+	tb.Helper()
+	tr := tapproxy.NewTransport()
+	tr.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+	tb.Cleanup(tr.CloseIdleConnections)
+	return tr
+}
+
+// newProxy builds a Proxy to upstream whose logs go to tb.Log.
+func newProxy(tb testing.TB, upstream string, opts ...tapproxy.Option) *tapproxy.Proxy {
 	tb.Helper()
 	target, err := url.Parse(upstream)
 	require.NoError(tb, err)
 	opts = append([]tapproxy.Option{tapproxy.WithLogger(testLogger(tb))}, opts...)
 	p, err := tapproxy.New(target, opts...)
 	require.NoError(tb, err)
-	srv := httptest.NewUnstartedServer(p)
+	return p
+}
+
+// newFrontend builds a Proxy to upstream and serves it on loopback over
+// HTTP/1.1. Its logs go to tb.Log.
+func newFrontend(tb testing.TB, upstream string, opts ...tapproxy.Option) *httptest.Server {
+	tb.Helper()
+	return serve(tb, newProxy(tb, upstream, opts...), false)
+}
+
+// newH2Frontend is newFrontend over TLS with HTTP/2; its Client speaks
+// HTTP/2.
+func newH2Frontend(tb testing.TB, upstream string, opts ...tapproxy.Option) *httptest.Server {
+	tb.Helper()
+	return serve(tb, newProxy(tb, upstream, opts...), true)
+}
+
+// serve serves h on loopback: over plain HTTP/1.1, or with h2 over TLS with
+// HTTP/2 enabled.
+func serve(tb testing.TB, h http.Handler, h2 bool) *httptest.Server {
+	tb.Helper()
+	srv := httptest.NewUnstartedServer(h)
 	srv.Config.ErrorLog = slog.NewLogLogger(testLogger(tb).Handler(), slog.LevelError)
-	srv.Start()
+	if h2 {
+		srv.EnableHTTP2 = true
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
 	tb.Cleanup(srv.Close)
 	return srv
 }
@@ -67,6 +114,8 @@ type observed struct {
 	Method, Path   string
 	OutHeader      http.Header
 	Status         int
+	HasResponse    bool
+	ProtoMajor     int
 	Trailer        http.Header
 	Header         http.Header
 	Body, ReqBody  []byte
@@ -77,6 +126,7 @@ type observed struct {
 	CaptureSkipped bool
 	Upgraded       bool
 	Err            error
+	Start          time.Time
 	TimeToHeaders  time.Duration
 	Duration       time.Duration
 	CtxErr         error
@@ -103,6 +153,7 @@ func (r *recorder) ObserveResponse(ctx context.Context, ex *tapproxy.Exchange) {
 		CaptureSkipped: ex.CaptureSkipped,
 		Upgraded:       ex.Upgraded,
 		Err:            ex.Err,
+		Start:          ex.Start,
 		TimeToHeaders:  ex.TimeToHeaders,
 		Duration:       ex.Duration,
 		CtxErr:         ctx.Err(),
@@ -110,7 +161,9 @@ func (r *recorder) ObserveResponse(ctx context.Context, ex *tapproxy.Exchange) {
 	o.Body, _ = io.ReadAll(ex.Body())
 	o.ReqBody, _ = io.ReadAll(ex.RequestBody())
 	if ex.Response != nil {
+		o.HasResponse = true
 		o.Status = ex.Response.StatusCode
+		o.ProtoMajor = ex.Response.ProtoMajor
 		o.Header = ex.Response.Header.Clone()
 		o.Trailer = ex.Response.Trailer.Clone()
 	}
@@ -137,6 +190,14 @@ func (r *recorder) count() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.all)
+}
+
+// closeAndCount closes front, which waits for its handlers to return, and
+// then reports how many exchanges r observed: the count is final.
+func closeAndCount(tb testing.TB, front *httptest.Server, r *recorder) int {
+	tb.Helper()
+	front.Close()
+	return r.count()
 }
 
 // get sends a GET through c and returns the response with its body read.

@@ -122,6 +122,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.ex.Start = time.Now()
 	st.target = p.target
 	st.resp.limit, st.resp.pool, st.resp.budget = p.captureLimit, &p.captures, p.budget
+	st.w = w
 	p.metrics.begin(r.Context(), st, r)
 	ctx := contextWithState(r.Context(), st)
 	// finish is deferred so that it also runs when ReverseProxy aborts the
@@ -188,7 +189,7 @@ func (p *Proxy) onResponse(res *http.Response) error {
 		st.ex.Upgraded = true
 		return nil
 	}
-	st.body = responseTee{rc: res.Body, st: st}
+	st.body = responseTee{rc: res.Body, st: st, length: res.ContentLength}
 	res.Body = &st.body
 	return nil
 }
@@ -244,13 +245,17 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 	ex, tee := &st.ex, &st.body
 	// ReverseProxy returns, or fails with a read error, only after writing
 	// what it read last; when it fails without one, the write failed.
-	if st.served || tee.readErr != nil {
+	delivered := st.served || tee.readErr != nil
+	if delivered {
 		ex.BodyBytes += tee.pending
 	}
-	if st.served && ex.BodyBytes > 0 && !ex.Upgraded {
-		// Deliver the buffered tail before observers run. A response
-		// without body bytes is left alone so that it keeps its framing
-		// (a trailers-only gRPC status must stay one HEADERS frame).
+	if delivered && ex.BodyBytes > 0 && !ex.Upgraded {
+		// Deliver the buffered tail before observers run, and before
+		// ReverseProxy aborts the response after an upstream read error:
+		// what BodyBytes counts must reach the client even then. A
+		// response without body bytes is left alone so that it keeps its
+		// framing (a trailers-only gRPC status must stay one HEADERS
+		// frame).
 		_ = http.NewResponseController(w).Flush()
 	}
 	ex.Duration = time.Since(ex.Start)
