@@ -1,6 +1,7 @@
 // Command benchtable turns the output of tapproxy's BenchmarkProxy into a
 // Markdown table, with each variant's time per request as a ratio to the
-// bare ReverseProxy's in the same mode and size:
+// bare ReverseProxy's in the same mode and size. With -count, each figure
+// is the median of the runs:
 //
 //	go test -run '^$' -bench BenchmarkProxy -benchmem . | go run ./bench/cmd/benchtable
 //
@@ -12,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -62,22 +64,34 @@ func parse(line string) (result, bool) {
 }
 
 func run(in io.Reader, out io.Writer) error {
-	var results []result
-	bare := map[string]float64{} // ns/op by mode and size
+	var (
+		order []string                // names, as first seen
+		runs  = map[string][]result{} // by name
+	)
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		if r, ok := parse(sc.Text()); ok {
-			results = append(results, r)
-			if r.variant == "bare" {
-				bare[r.mode+"/"+r.size] = r.metrics["ns/op"]
+			name := r.mode + "/" + r.size + "/" + r.variant
+			if _, seen := runs[name]; !seen {
+				order = append(order, name)
 			}
+			runs[name] = append(runs[name], r)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return err
 	}
-	if len(results) == 0 {
+	if len(order) == 0 {
 		return fmt.Errorf("no BenchmarkProxy results in the input")
+	}
+	results := make([]result, 0, len(order))
+	bare := map[string]float64{} // ns/op by mode and size
+	for _, name := range order {
+		r := median(runs[name])
+		results = append(results, r)
+		if r.variant == "bare" {
+			bare[r.mode+"/"+r.size] = r.metrics["ns/op"]
+		}
 	}
 	fmt.Fprintln(out, "| mode | size | variant | µs/op | x bare | MB/s | B/op | allocs/op |")
 	fmt.Fprintln(out, "| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -90,4 +104,19 @@ func run(in io.Reader, out io.Writer) error {
 			r.metrics["ns/op"]/1e3, ratio, r.metrics["MB/s"], r.metrics["B/op"], r.metrics["allocs/op"])
 	}
 	return nil
+}
+
+// median returns one result whose every figure is the median of the runs'
+// (for an even count, the upper of the middle two).
+func median(runs []result) result {
+	m := result{mode: runs[0].mode, size: runs[0].size, variant: runs[0].variant, metrics: map[string]float64{}}
+	for unit := range runs[0].metrics {
+		var vs []float64
+		for _, r := range runs {
+			vs = append(vs, r.metrics[unit])
+		}
+		slices.Sort(vs)
+		m.metrics[unit] = vs[len(vs)/2]
+	}
+	return m
 }

@@ -31,6 +31,16 @@ PASS
 	assert.Equal(t, "| serial | 1KiB | direct | 50.0 | 0.50x | 0 | 0 | 0 |", lines[4])
 }
 
+func TestRunTakesMedians(t *testing.T) {
+	in := `BenchmarkProxy/mode=parallel/size=1MiB/variant=bare-2 	 10	 300 ns/op	 5 allocs/op
+BenchmarkProxy/mode=parallel/size=1MiB/variant=bare-2 	 10	 100 ns/op	 9 allocs/op
+BenchmarkProxy/mode=parallel/size=1MiB/variant=bare-2 	 10	 200 ns/op	 7 allocs/op
+`
+	var out bytes.Buffer
+	require.NoError(t, run(strings.NewReader(in), &out))
+	assert.Contains(t, out.String(), "| parallel | 1MiB | bare | 0.2 | 1.00x | 0 | 0 | 7 |")
+}
+
 func TestRunWithoutResults(t *testing.T) {
 	require.Error(t, run(strings.NewReader("PASS\n"), &bytes.Buffer{}))
 }
