@@ -205,13 +205,30 @@ func (t *responseTee) Close() error { return t.rc.Close() }
 // returned, so the capture is guarded and stopped before observers see it.
 type requestTee struct {
 	rc      io.ReadCloser
+	left    int64 // declared bytes not yet read; -1 if the length is unknown
 	mu      sync.Mutex
 	buf     bodyBuffer
 	stopped bool
 }
 
 func (t *requestTee) Read(p []byte) (int, error) {
+	// Once the declared length has been read, answer EOF ourselves. The
+	// transport reads once more to check that the body ends there, and by
+	// then the upstream may have answered and the server, writing the
+	// response headers, closed the inbound body: that read would fail, and
+	// the transport would close the upstream connection and cut the
+	// response (golang.org/issue/40747). The transport sends no more than
+	// the declared length anyway.
+	if t.left == 0 {
+		return 0, io.EOF
+	}
+	if t.left > 0 && int64(len(p)) > t.left {
+		p = p[:t.left]
+	}
 	n, err := t.rc.Read(p)
+	if t.left > 0 {
+		t.left -= int64(n)
+	}
 	if n > 0 {
 		t.mu.Lock()
 		if !t.stopped {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -171,6 +172,78 @@ func TestCaptureAllocs(t *testing.T) {
 	t.Logf("allocs/request: no observer %.1f, observer with limit 0 %.1f, observer with 64 KiB capture %.1f", none, zero, full)
 	assert.LessOrEqual(t, zero-none, 1.0, "an observer costs at most its context")
 	assert.LessOrEqual(t, full-zero, 0.5, "a pooled capture costs no allocation per request")
+}
+
+func TestUploadSurvivesTheServerClosingTheRequestBody(t *testing.T) {
+	// Once the upstream has the whole declared body and answers, the
+	// proxy's server drains and closes the inbound body as it writes the
+	// response headers. The transport must not then fail its final read of
+	// that body (golang.org/issue/40747): that would close the upstream
+	// connection and cut the response. The upstream holds the rest of its
+	// response until the client has the first part, so that a failed read
+	// always cuts it; it is a race, and many uploads give it chances.
+	var goAhead sync.Map // X-Id: chan struct{}
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "first,")
+		http.NewResponseController(w).Flush()
+		ch, _ := goAhead.Load(r.Header.Get("X-Id"))
+		select {
+		case <-ch.(chan struct{}):
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "second")
+	})
+	rec := &callLog{}
+	front := newFrontend(t, up.URL, tapproxy.WithObserver(rec))
+	const n = 3000
+	tr := &http.Transport{MaxIdleConnsPerHost: 8}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	var (
+		wg     sync.WaitGroup
+		next   atomic.Int64
+		failed atomic.Int64
+	)
+	upload := strings.Repeat("x", 2000)
+	for range 8 {
+		wg.Go(func() {
+			for i := next.Add(1); i <= n; i = next.Add(1) {
+				id := strconv.FormatInt(i, 10)
+				ch := make(chan struct{})
+				goAhead.Store(id, ch)
+				req, err := http.NewRequest(http.MethodPost, front.URL, strings.NewReader(upload))
+				if !assert.NoError(t, err) {
+					return
+				}
+				req.Header.Set("X-Id", id)
+				res, err := client.Do(req)
+				if err != nil {
+					failed.Add(1)
+					close(ch)
+					continue
+				}
+				first := make([]byte, len("first,"))
+				_, err = io.ReadFull(res.Body, first)
+				close(ch)
+				rest, err2 := io.ReadAll(res.Body)
+				res.Body.Close()
+				if err != nil || err2 != nil || string(rest) != "second" {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	assert.Zero(t, failed.Load(), "responses cut")
+	bad := 0
+	for _, c := range rec.wait(t, n) {
+		if c.err != nil {
+			bad++
+		}
+	}
+	assert.Zero(t, bad, "exchanges that failed")
 }
 
 // heldUpstream sends n bytes of a known pattern, flushes, and holds the

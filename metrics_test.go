@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -877,4 +879,122 @@ func BenchmarkMetricsInProcess(b *testing.B) {
 			}
 		})
 	}
+}
+
+// attrSets returns the attribute sets of a metric's data points.
+func attrSets(m metricdata.Metrics) []attribute.Set {
+	var sets []attribute.Set
+	switch d := m.Data.(type) {
+	case metricdata.Histogram[float64]:
+		for _, dp := range d.DataPoints {
+			sets = append(sets, dp.Attributes)
+		}
+	case metricdata.Histogram[int64]:
+		for _, dp := range d.DataPoints {
+			sets = append(sets, dp.Attributes)
+		}
+	case metricdata.Sum[int64]:
+		for _, dp := range d.DataPoints {
+			sets = append(sets, dp.Attributes)
+		}
+	case metricdata.Sum[float64]:
+		for _, dp := range d.DataPoints {
+			sets = append(sets, dp.Attributes)
+		}
+	}
+	return sets
+}
+
+func TestMetricsCardinalityIsBounded(t *testing.T) {
+	// Whatever methods, hosts and paths clients send, the attribute sets
+	// stay few: unknown methods become _OTHER, and neither the Host header
+	// nor the path becomes an attribute.
+	const n = 10_000
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	mp, reader := newReader(t)
+	front := newFrontend(t, up.URL, tapproxy.WithMeterProvider(mp),
+		tapproxy.WithObserver(tapproxy.ObserverFunc(func(context.Context, *tapproxy.Exchange) {})))
+
+	known := []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+	rng := rand.New(rand.NewPCG(1, 2)) // reproducible
+	word := func(alphabet string, size int) string {
+		b := make([]byte, size)
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		return string(b)
+	}
+	type request struct{ method, host, path string }
+	reqs := make([]request, n)
+	sent := map[string]bool{} // every random value a client sent
+	others := 0
+	for i := range reqs {
+		r := &reqs[i]
+		if rng.IntN(5) == 0 {
+			r.method = known[rng.IntN(len(known))]
+		} else {
+			r.method = "X" + word("ABCDEFGHIJKLMNOPQRSTUVWXYZ-", 3+rng.IntN(8))
+			others++
+			sent[r.method] = true
+		}
+		r.host = word("abcdefghijklmnopqrstuvwxyz0123456789", 12) + ".example:" + strconv.Itoa(1+rng.IntN(65535))
+		r.path = "/" + word("abcdefghijklmnopqrstuvwxyz0123456789", 16)
+		sent[r.host], sent[hostOf("http://"+r.host)], sent[r.path] = true, true, true
+	}
+
+	tr := &http.Transport{MaxIdleConnsPerHost: 8}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	var (
+		wg   sync.WaitGroup
+		next atomic.Int64
+	)
+	for range 8 {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < n && !t.Failed(); i = next.Add(1) - 1 {
+				r := reqs[i]
+				req, err := http.NewRequest(r.method, front.URL+r.path, nil)
+				if !assert.NoError(t, err) {
+					return
+				}
+				req.Host = r.host
+				res, err := client.Do(req)
+				if !assert.NoError(t, err) {
+					return
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				assert.Equal(t, http.StatusOK, res.StatusCode)
+			}
+		})
+	}
+	wg.Wait()
+	require.False(t, t.Failed())
+
+	got := waitRecorded(t, reader, n)
+	methods := map[string]uint64{}
+	for _, dp := range got[httpconv.ServerRequestDuration{}.Name()].Data.(metricdata.Histogram[float64]).DataPoints {
+		m, _ := dp.Attributes.Value(semconv.HTTPRequestMethodKey)
+		methods[m.AsString()] += dp.Count
+	}
+	assert.Equal(t, uint64(others), methods["_OTHER"], "unknown methods are recorded as _OTHER")
+	assert.LessOrEqual(t, len(methods), len(known)+1)
+
+	var distinct []attribute.Set
+	for name, m := range got {
+		sets := attrSets(m)
+		// One set per method at most, on every instrument.
+		assert.LessOrEqual(t, len(sets), len(known)+1, "%s has %d attribute sets", name, len(sets))
+		for _, s := range sets {
+			for _, kv := range s.ToSlice() {
+				assert.False(t, sent[kv.Value.Emit()], "%s: %s=%q is what a client sent", name, kv.Key, kv.Value.Emit())
+			}
+			if !slices.ContainsFunc(distinct, func(d attribute.Set) bool { return d.Equals(&s) }) {
+				distinct = append(distinct, s)
+			}
+		}
+	}
+	// The server, active-request and client sets per method, the
+	// observer's and the response capture's.
+	assert.LessOrEqual(t, len(distinct), 3*(len(known)+1)+2, "distinct attribute sets across all metrics")
 }

@@ -141,7 +141,10 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	// Wrap the body last, so that what is counted is what goes upstream.
 	if pr.Out.Body != nil {
 		st := stateFrom(pr.Out.Context())
-		st.req = &requestTee{rc: pr.Out.Body}
+		st.req = &requestTee{rc: pr.Out.Body, left: -1}
+		if pr.Out.ContentLength > 0 {
+			st.req.left = pr.Out.ContentLength
+		}
 		st.req.buf.limit, st.req.buf.pool, st.req.buf.budget = p.reqCapture, &p.reqCaptures, p.budget
 		pr.Out.Body = st.req
 	}
