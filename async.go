@@ -46,7 +46,7 @@ func (d *dispatcher) dispatch(p *Proxy, st *exchangeState) bool {
 	select {
 	case d.queue <- st:
 	default:
-		p.metrics.dropped(st.octx)
+		p.metrics.dropped(st.rctx)
 		st.release()
 	}
 	return true

@@ -1,38 +1,84 @@
 package tapproxy
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // bodyBuffer keeps the first limit bytes written to it and counts the rest.
 // Like os/exec's prefixSuffixSaver, it never fails the stream it copies:
 // Write always reports len(p), nil. Its storage comes from a capturePool and
-// goes back there on release.
+// goes back there on release. With a budget, the storage it holds is
+// reserved from the budget as it grows; when the budget refuses, the buffer
+// keeps what it has and stops growing.
 type bodyBuffer struct {
-	pool  *capturePool
-	buf   *[]byte // nil until the first byte arrives
-	limit int
-	total int64
+	pool       *capturePool
+	budget     *captureBudget // nil: no global bound
+	buf        *[]byte        // nil until the first byte arrives
+	limit      int
+	total      int64
+	reserved   int64 // from budget; covers cap(*buf)
+	overBudget bool  // the budget refused: the capture is cut or skipped
 }
 
 func (b *bodyBuffer) Write(p []byte) (int, error) {
 	b.total += int64(len(p))
 	room := b.limit - b.len()
-	if room <= 0 || len(p) == 0 {
+	if room <= 0 || len(p) == 0 || b.overBudget {
 		return len(p), nil
 	}
 	if b.buf == nil {
 		b.buf = b.pool.get()
+		if b.budget != nil && !b.budget.reserve(int64(cap(*b.buf))) {
+			// Too big a pooled buffer for what is left: start empty.
+			b.pool.put(b.buf)
+			b.buf = new([]byte)
+		} else if b.budget != nil {
+			b.reserved = int64(cap(*b.buf))
+		}
 	}
 	keep := p[:min(room, len(p))]
 	buf := *b.buf
 	if need := len(buf) + len(keep); need > cap(buf) {
 		// Grow by doubling, but never past the limit: what goes back to
 		// the pool is at most limit bytes.
-		grown := make([]byte, len(buf), min(b.limit, max(need, 2*cap(buf), 512)))
-		copy(grown, buf)
-		buf = grown
+		size := min(b.limit, max(need, 2*cap(buf), 512))
+		switch {
+		case b.reserveFor(size):
+		case b.reserveFor(need):
+			size = need
+		default:
+			b.cut()
+			keep = keep[:cap(buf)-len(buf)]
+			size = cap(buf)
+		}
+		if size > cap(buf) {
+			grown := make([]byte, len(buf), size)
+			copy(grown, buf)
+			buf = grown
+		}
 	}
 	*b.buf = append(buf, keep...)
 	return len(p), nil
+}
+
+// reserveFor takes from the budget what a capacity of size needs beyond
+// what b holds already, and reports whether it may grow to size.
+func (b *bodyBuffer) reserveFor(size int) bool {
+	if b.budget == nil {
+		return true
+	}
+	if !b.budget.reserve(int64(size) - b.reserved) {
+		return false
+	}
+	b.reserved = int64(size)
+	return true
+}
+
+// cut stops the capture at what it holds, because the budget is spent.
+func (b *bodyBuffer) cut() {
+	b.overBudget = true
+	b.budget.skips.Add(1)
 }
 
 func (b *bodyBuffer) len() int {
@@ -53,10 +99,14 @@ func (b *bodyBuffer) bytes() []byte {
 // truncated reports whether bytes were written past the limit.
 func (b *bodyBuffer) truncated() bool { return b.total > int64(b.len()) }
 
-// release returns the storage to the pool and readies b for reuse.
+// release returns the storage to the pool and the reservation to the
+// budget, and readies b for reuse.
 func (b *bodyBuffer) release() {
 	if b.buf != nil {
 		b.pool.put(b.buf)
+	}
+	if b.reserved > 0 {
+		b.budget.used.Add(-b.reserved)
 	}
 	*b = bodyBuffer{}
 }
@@ -76,4 +126,32 @@ func (p *capturePool) get() *[]byte {
 func (p *capturePool) put(b *[]byte) {
 	*b = (*b)[:0]
 	p.pool.Put(b)
+}
+
+// captureBudget bounds the bytes that the in-flight captures of one Proxy
+// hold together (see WithCaptureBudget). Buffers reserve capacity before
+// they grow and give it back when the exchange is released; buffers
+// resting in the pool are not counted.
+type captureBudget struct {
+	limit int64
+	used  atomic.Int64
+	// skips counts captures the budget cut short or skipped, for the
+	// metrics: the count of exchanges with Exchange.CaptureSkipped.
+	skips atomic.Int64
+}
+
+// reserve takes n bytes from the budget if they fit.
+func (c *captureBudget) reserve(n int64) bool {
+	if n <= 0 {
+		return true
+	}
+	for {
+		used := c.used.Load()
+		if used+n > c.limit {
+			return false
+		}
+		if c.used.CompareAndSwap(used, used+n) {
+			return true
+		}
+	}
 }

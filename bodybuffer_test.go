@@ -61,3 +61,37 @@ func TestBodyBufferAllocs(t *testing.T) {
 	allocs := testing.AllocsPerRun(100, fill)
 	assert.Less(t, allocs, 1.0)
 }
+
+func TestBodyBufferBudget(t *testing.T) {
+	chunk := bytes.Repeat([]byte{'x'}, 3000)
+	var pool capturePool
+	budget := &captureBudget{limit: 11_000}
+	a := bodyBuffer{limit: 8000, pool: &pool, budget: budget}
+	b := bodyBuffer{limit: 8000, pool: &pool, budget: budget}
+	for range 4 {
+		a.Write(chunk)
+		b.Write(chunk)
+		assert.LessOrEqual(t, budget.used.Load(), budget.limit)
+		assert.LessOrEqual(t, int64(cap(*a.buf)+cap(*b.buf)), budget.used.Load(), "reservations cover the storage")
+	}
+	// a reserved first each round and filled its limit; b was cut when
+	// its second chunk did not fit, keeping its first.
+	assert.Equal(t, 8000, a.len())
+	assert.False(t, a.overBudget)
+	assert.Equal(t, 3000, b.len())
+	assert.True(t, b.overBudget)
+	assert.True(t, b.truncated())
+	assert.EqualValues(t, 1, budget.skips.Load())
+	a.release()
+	b.release()
+	assert.Zero(t, budget.used.Load(), "release gives every byte back")
+
+	// A pooled buffer too large for what is left is not taken whole.
+	budget.used.Store(budget.limit - 1000)
+	c := bodyBuffer{limit: 8000, pool: &pool, budget: budget}
+	c.Write(chunk)
+	assert.True(t, c.overBudget)
+	assert.LessOrEqual(t, c.len(), 1000)
+	c.release()
+	assert.EqualValues(t, budget.limit-1000, budget.used.Load())
+}

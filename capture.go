@@ -81,6 +81,13 @@ type Exchange struct {
 	// RequestBodyBytes, because of the request capture limit.
 	RequestTruncated bool
 
+	// CaptureSkipped reports that the proxy's capture budget (see
+	// [WithCaptureBudget]) was spent while this exchange's response or
+	// request body was being captured: that capture holds fewer bytes
+	// than its limit would have kept, possibly none, and Truncated or
+	// RequestTruncated is true. The bytes relayed are never affected.
+	CaptureSkipped bool
+
 	// Upgraded reports a 101 Switching Protocols response whose connection
 	// was relayed until it closed. Upgraded exchanges have no capture.
 	Upgraded bool
@@ -121,8 +128,12 @@ type exchangeState struct {
 	resp   bodyBuffer
 	req    *requestTee
 	octx   context.Context // the observers' context
-	err    error           // from the error handler, classified
-	served bool            // ReverseProxy.ServeHTTP returned rather than panicked
+	// rctx is the request's context, for recording observer metrics: it
+	// carries the same values as octx, and looking them up through it
+	// does not allocate, unlike through context.WithoutCancel's.
+	rctx   context.Context
+	err    error // from the error handler, classified
+	served bool  // ReverseProxy.ServeHTTP returned rather than panicked
 	w      http.ResponseWriter
 
 	metrics exchangeMetrics
@@ -232,11 +243,11 @@ func (t *requestTee) Close() error { return t.rc.Close() }
 
 // stop ends counting and capture and reports what they saw. Reads after it
 // still pass through, so the captured bytes stay as they are.
-func (t *requestTee) stop() (data []byte, total int64) {
+func (t *requestTee) stop() (data []byte, total int64, overBudget bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.stopped = true
-	return t.buf.bytes(), t.buf.total
+	return t.buf.bytes(), t.buf.total, t.buf.overBudget
 }
 
 // release returns the capture storage to its pool; call it after stop.

@@ -1,10 +1,14 @@
 package tapproxy_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -240,4 +244,183 @@ func TestUploadSurvivesTheServerClosingTheRequestBody(t *testing.T) {
 		}
 	}
 	assert.Zero(t, bad, "exchanges that failed")
+}
+
+// heldUpstream sends n bytes of a known pattern, flushes, and holds the
+// response open until release is closed, then sends tail more bytes.
+func heldUpstream(tb testing.TB, n, tail int, release <-chan struct{}) *httptest.Server {
+	tb.Helper()
+	return newUpstream(tb, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(n+tail))
+		chunk := bytes.Repeat([]byte("0123456789abcdef"), 4<<10) // 64 KiB
+		for sent := 0; sent < n; sent += len(chunk) {
+			w.Write(chunk[:min(len(chunk), n-sent)])
+		}
+		http.NewResponseController(w).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		case <-time.After(6 * waitTimeout):
+			return
+		}
+		w.Write(chunk[:tail])
+	})
+}
+
+func TestCaptureBudgetCutsAndReleases(t *testing.T) {
+	const limit, budget, sent = 64 << 10, 100 << 10, 80 << 10
+	release := make(chan struct{})
+	up := heldUpstream(t, sent, 16, release)
+	rec := newRecorder()
+	front := newFrontend(t, up.URL, tapproxy.WithObserver(rec),
+		tapproxy.WithCaptureLimit(limit), tapproxy.WithCaptureBudget(budget))
+
+	// Two responses held open at once: the first has its whole 64 KiB
+	// capture, the second only what is left of the 100 KiB budget.
+	var bodies []io.ReadCloser
+	for range 2 {
+		res, err := front.Client().Get(front.URL)
+		require.NoError(t, err)
+		defer res.Body.Close()
+		// Past the limit, so the proxy has captured all it could; the
+		// proxy may still buffer the last bytes sent.
+		_, err = io.CopyN(io.Discard, res.Body, limit+1)
+		require.NoError(t, err)
+		bodies = append(bodies, res.Body)
+	}
+	close(release)
+	for _, b := range bodies {
+		_, err := io.Copy(io.Discard, b)
+		require.NoError(t, err)
+	}
+	first, second := rec.next(t), rec.next(t)
+	if len(first.Body) < len(second.Body) {
+		first, second = second, first
+	}
+	assert.Len(t, first.Body, limit)
+	assert.False(t, first.CaptureSkipped)
+	assert.True(t, second.CaptureSkipped, "the budget was spent")
+	assert.True(t, second.Truncated)
+	assert.LessOrEqual(t, len(second.Body), budget-limit)
+	assert.Equal(t, first.Body[:len(second.Body)], second.Body, "a cut capture is still a prefix")
+	assert.EqualValues(t, sent+16, second.BodyBytes, "the client got every byte")
+
+	// Once both exchanges are released, their reservations are back.
+	require.Eventually(t, func() bool {
+		get(t, front.Client(), front.URL)
+		o := rec.next(t)
+		return !o.CaptureSkipped && len(o.Body) == limit
+	}, waitTimeout, 10*time.Millisecond)
+}
+
+func TestCaptureBudgetBoundsConcurrentCaptures(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1000 concurrent exchanges")
+	}
+	const (
+		clients = 1000
+		limit   = 1 << 20
+		budget  = 32 << 20
+		sent    = limit + 64<<10
+	)
+	release := make(chan struct{})
+	up := heldUpstream(t, sent, 1<<10, release)
+	var (
+		mu                  sync.Mutex
+		seen, skipped, full int
+		captured            int
+		bodyBytes           []int64
+	)
+	front := newFrontend(t, up.URL, tapproxy.WithCaptureLimit(limit), tapproxy.WithCaptureBudget(budget),
+		tapproxy.WithObserver(tapproxy.ObserverFunc(func(_ context.Context, ex *tapproxy.Exchange) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen++
+			n, _ := io.Copy(io.Discard, ex.Body())
+			captured += int(n)
+			if ex.CaptureSkipped {
+				skipped++
+			}
+			if !ex.CaptureSkipped && ex.Truncated {
+				full++
+			}
+			bodyBytes = append(bodyBytes, ex.BodyBytes)
+		})))
+
+	var before, peak runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	// Plain connections keep the client to one goroutine per request,
+	// well inside the race detector's goroutine limit.
+	var reached, done sync.WaitGroup
+	errs := make(chan error, clients)
+	reached.Add(clients)
+	for range clients {
+		done.Go(func() {
+			// Past the limit, so the proxy has captured all it could.
+			err := heldGet(hostOf(front.URL), limit+1, &reached, release)
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	reached.Wait() // every proxy has read and captured its first MiB
+	runtime.GC()
+	runtime.ReadMemStats(&peak)
+	close(release)
+	done.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return seen == clients }, waitTimeout, time.Millisecond)
+
+	growth := int64(peak.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("heap in use grew %d MiB with %d exchanges in flight; %d captures full, %d skipped or cut, %d MiB captured",
+		growth>>20, clients, full, skipped, captured>>20)
+	// Every capture was held at once, so what they kept together is what
+	// the budget allowed at the peak.
+	assert.LessOrEqual(t, captured, budget)
+	assert.GreaterOrEqual(t, full, 1)
+	assert.GreaterOrEqual(t, skipped, clients-budget/limit)
+	for _, n := range bodyBytes {
+		require.EqualValues(t, sent+1<<10, n, "every client got every byte")
+	}
+	// Without the budget the captures alone would hold 1000 MiB.
+	assert.Less(t, growth, int64(400<<20))
+}
+
+// heldGet reads the first n bytes of a response over a plain connection,
+// reports that on reached, and reads the rest once release is closed.
+func heldGet(addr string, n int64, reached *sync.WaitGroup, release <-chan struct{}) (err error) {
+	signaled := false
+	defer func() {
+		if !signaled {
+			reached.Done()
+		}
+	}()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(6 * waitTimeout))
+	if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: "+addr+"\r\nConnection: close\r\n\r\n"); err != nil {
+		return err
+	}
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if _, err := io.CopyN(io.Discard, res.Body, n); err != nil {
+		return err
+	}
+	signaled = true
+	reached.Done()
+	<-release
+	_, err = io.Copy(io.Discard, res.Body)
+	return err
 }

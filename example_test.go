@@ -249,3 +249,43 @@ func Example_observerMetrics() {
 	// shop.orders{status=paid} 2
 	// shop.orders{status=pending} 1
 }
+
+// Bounding the memory that captures hold across all in-flight requests: a
+// response bigger than the whole budget is relayed in full, but its capture
+// is cut, and the observer is told.
+func ExampleWithCaptureBudget() {
+	payload := make([]byte, 64<<10)
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(payload)
+	}))
+	defer upstream.Close()
+
+	const budget = 16 << 10
+	done := make(chan string, 1)
+	target, _ := url.Parse(upstream.URL)
+	proxy, err := tapproxy.New(target,
+		tapproxy.WithCaptureLimit(64<<10),
+		tapproxy.WithCaptureBudget(budget),
+		tapproxy.WithObserver(tapproxy.ObserverFunc(func(ctx context.Context, ex *tapproxy.Exchange) {
+			kept, _ := io.Copy(io.Discard, ex.Body())
+			done <- fmt.Sprintf("skipped: %v, truncated: %v, kept within the budget: %v",
+				ex.CaptureSkipped, ex.Truncated, kept <= budget)
+		})))
+	if err != nil {
+		log.Fatal(err)
+	}
+	front := httptest.NewServer(proxy)
+	defer front.Close()
+
+	res, err := http.Get(front.URL)
+	if err != nil {
+		log.Fatal(err)
+	}
+	n, _ := io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	fmt.Printf("client got %d bytes\n", n)
+	fmt.Println(<-done)
+	// Output:
+	// client got 65536 bytes
+	// skipped: true, truncated: true, kept within the budget: true
+}

@@ -43,6 +43,53 @@ func FuzzBodyBuffer(f *testing.F) {
 	})
 }
 
+// FuzzBodyBufferBudget checks that two buffers sharing a budget, written
+// in turns, never reserve more than the budget, hold no more than they
+// reserved, keep a prefix of what was written, say when the budget cut
+// them, and give every byte back on release.
+func FuzzBodyBufferBudget(f *testing.F) {
+	f.Add([]byte("hello, world"), uint16(8), uint16(12), uint8(3))
+	f.Add(bytes.Repeat([]byte{'x'}, 3000), uint16(2048), uint16(2500), uint8(200))
+	f.Add(bytes.Repeat([]byte{'y'}, 1000), uint16(600), uint16(0), uint8(0))
+	f.Fuzz(func(t *testing.T, data []byte, limit, budget uint16, split uint8) {
+		var pool capturePool
+		cb := &captureBudget{limit: int64(budget)}
+		bufs := []*bodyBuffer{
+			{limit: int(limit), pool: &pool, budget: cb},
+			{limit: int(limit), pool: &pool, budget: cb},
+		}
+		step := int(split) + 1
+		for i := 0; i < len(data); i += step {
+			chunk := data[i:min(i+step, len(data))]
+			for _, b := range bufs {
+				if n, err := b.Write(chunk); n != len(chunk) || err != nil {
+					t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(chunk))
+				}
+			}
+			if used := cb.used.Load(); used > cb.limit || used != bufs[0].reserved+bufs[1].reserved {
+				t.Fatalf("budget used %d of %d; reserved %d + %d", used, cb.limit, bufs[0].reserved, bufs[1].reserved)
+			}
+		}
+		for _, b := range bufs {
+			kept := b.bytes()
+			if int64(cap(kept)) > b.reserved {
+				t.Fatalf("capacity %d past the %d reserved", cap(kept), b.reserved)
+			}
+			if !bytes.HasPrefix(data, kept) || len(kept) > int(limit) {
+				t.Fatalf("kept %d bytes that are not a prefix within the limit %d", len(kept), limit)
+			}
+			if full := min(len(data), int(limit)); len(kept) < full != b.overBudget {
+				t.Fatalf("kept %d of %d bytes, but overBudget is %v", len(kept), full, b.overBudget)
+			}
+		}
+		bufs[0].release()
+		bufs[1].release()
+		if used := cb.used.Load(); used != 0 {
+			t.Fatalf("%d bytes still reserved after release", used)
+		}
+	})
+}
+
 // FuzzStripPrefix checks that StripPrefix never panics, leaves paths without
 // the prefix alone, and otherwise yields the target's path joined to a
 // stripped path that still starts with a slash.

@@ -111,24 +111,25 @@ func (w tbWriter) Write(p []byte) (int, error) {
 // observed is what a recorder keeps of one exchange: copies, since the
 // Exchange is valid only during the call.
 type observed struct {
-	Method, Path  string
-	OutHeader     http.Header
-	Status        int
-	HasResponse   bool
-	ProtoMajor    int
-	Trailer       http.Header
-	Header        http.Header
-	Body, ReqBody []byte
-	BodyBytes     int64
-	ReqBodyBytes  int64
-	Truncated     bool
-	ReqTruncated  bool
-	Upgraded      bool
-	Err           error
-	Start         time.Time
-	TimeToHeaders time.Duration
-	Duration      time.Duration
-	CtxErr        error
+	Method, Path   string
+	OutHeader      http.Header
+	Status         int
+	HasResponse    bool
+	ProtoMajor     int
+	Trailer        http.Header
+	Header         http.Header
+	Body, ReqBody  []byte
+	BodyBytes      int64
+	ReqBodyBytes   int64
+	Truncated      bool
+	ReqTruncated   bool
+	CaptureSkipped bool
+	Upgraded       bool
+	Err            error
+	Start          time.Time
+	TimeToHeaders  time.Duration
+	Duration       time.Duration
+	CtxErr         error
 }
 
 // recorder is an observer that keeps copies of what it saw.
@@ -142,19 +143,20 @@ func newRecorder() *recorder { return &recorder{ch: make(chan observed, 1024)} }
 
 func (r *recorder) ObserveResponse(ctx context.Context, ex *tapproxy.Exchange) {
 	o := observed{
-		Method:        ex.Request.Method,
-		Path:          ex.Request.URL.Path,
-		OutHeader:     ex.Request.Header.Clone(),
-		BodyBytes:     ex.BodyBytes,
-		ReqBodyBytes:  ex.RequestBodyBytes,
-		Truncated:     ex.Truncated,
-		ReqTruncated:  ex.RequestTruncated,
-		Upgraded:      ex.Upgraded,
-		Err:           ex.Err,
-		Start:         ex.Start,
-		TimeToHeaders: ex.TimeToHeaders,
-		Duration:      ex.Duration,
-		CtxErr:        ctx.Err(),
+		Method:         ex.Request.Method,
+		Path:           ex.Request.URL.Path,
+		OutHeader:      ex.Request.Header.Clone(),
+		BodyBytes:      ex.BodyBytes,
+		ReqBodyBytes:   ex.RequestBodyBytes,
+		Truncated:      ex.Truncated,
+		ReqTruncated:   ex.RequestTruncated,
+		CaptureSkipped: ex.CaptureSkipped,
+		Upgraded:       ex.Upgraded,
+		Err:            ex.Err,
+		Start:          ex.Start,
+		TimeToHeaders:  ex.TimeToHeaders,
+		Duration:       ex.Duration,
+		CtxErr:         ctx.Err(),
 	}
 	o.Body, _ = io.ReadAll(ex.Body())
 	o.ReqBody, _ = io.ReadAll(ex.RequestBody())

@@ -328,7 +328,9 @@ func (m *meters) record(ctx context.Context, st *exchangeState) {
 				minor:   sm.upMinor,
 				err:     kind,
 			}
-			k.port, _ = strconv.Atoi(out.URL.Port())
+			if port := out.URL.Port(); port != "" { // Atoi's error for "" allocates
+				k.port, _ = strconv.Atoi(port)
+			}
 			if k.port == 0 {
 				k.port = 80
 				if k.scheme == "https" {

@@ -30,6 +30,7 @@ type config struct {
 	observers       []ResponseObserver
 	captureLimit    int64
 	reqCapture      int64
+	captureBudget   int64
 	transport       http.RoundTripper
 	flushInterval   time.Duration
 	errorHandler    func(http.ResponseWriter, *http.Request, error)
@@ -108,6 +109,22 @@ func WithCaptureLimit(n int64) Option {
 // A negative value makes [New] fail. The last call wins.
 func WithRequestCaptureLimit(n int64) Option {
 	return optionFunc(func(c *config) { c.reqCapture = n })
+}
+
+// WithCaptureBudget bounds the bytes that the captures of all in-flight
+// exchanges of the proxy hold together, response and request captures
+// alike, so that many concurrent large responses cannot grow memory with
+// their number. A capture reserves from the budget as it grows and gives
+// back what it held once its observers have run. When the budget is spent,
+// a capture keeps what it has, possibly nothing, and its exchange reports
+// [Exchange.CaptureSkipped]; the response still streams to the client
+// whole.
+//
+// The default is no budget: each capture is bounded only by its own limit.
+// Zero also means no budget. A negative value makes [New] fail. The last
+// call wins.
+func WithCaptureBudget(n int64) Option {
+	return optionFunc(func(c *config) { c.captureBudget = n })
 }
 
 // WithTransport sets the round tripper used to reach the upstream. The

@@ -32,6 +32,8 @@ func TestNewRejectsBadInput(t *testing.T) {
 		{name: "no host", target: &url.URL{Scheme: "http", Path: "/x"}, want: []string{"has no host"}},
 		{name: "negative capture limit", target: &url.URL{Scheme: "http", Host: "a"},
 			opts: []tapproxy.Option{tapproxy.WithCaptureLimit(-1)}, want: []string{"capture limit -1 is negative"}},
+		{name: "negative capture budget", target: &url.URL{Scheme: "http", Host: "a"},
+			opts: []tapproxy.Option{tapproxy.WithCaptureBudget(-1)}, want: []string{"capture budget -1 is negative"}},
 		{name: "several at once", target: &url.URL{Scheme: "http"},
 			opts: []tapproxy.Option{tapproxy.WithCaptureLimit(-1), tapproxy.WithRequestCaptureLimit(-2)},
 			want: []string{"has no host", "capture limit -1", "request capture limit -2"}},

@@ -29,6 +29,7 @@ type Proxy struct {
 	logger          *slog.Logger
 	captures        capturePool
 	reqCaptures     capturePool
+	budget          *captureBudget // nil: captures are not bounded together
 	decoders        map[string]Decoder
 	decodeLimit     int64
 	showCredentials bool
@@ -66,6 +67,9 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 	if c.reqCapture < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: request capture limit %d is negative", c.reqCapture))
 	}
+	if c.captureBudget < 0 {
+		errs = append(errs, fmt.Errorf("tapproxy: capture budget %d is negative", c.captureBudget))
+	}
 	m, err := newMeters(c)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("tapproxy: creating instruments: %w", err))
@@ -88,6 +92,9 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 		showCredentials: c.showCredentials,
 		metrics:         m,
 		transport:       c.transport,
+	}
+	if c.captureBudget > 0 {
+		p.budget = &captureBudget{limit: c.captureBudget}
 	}
 	if len(c.observers) > 0 {
 		// Without observers nobody reads the capture, so take none.
@@ -114,7 +121,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := states.Get().(*exchangeState)
 	st.ex.Start = time.Now()
 	st.target = p.target
-	st.resp.limit, st.resp.pool = p.captureLimit, &p.captures
+	st.resp.limit, st.resp.pool, st.resp.budget = p.captureLimit, &p.captures, p.budget
 	st.w = w
 	p.metrics.begin(r.Context(), st, r)
 	ctx := contextWithState(r.Context(), st)
@@ -138,7 +145,7 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 		if pr.Out.ContentLength > 0 {
 			st.req.left = pr.Out.ContentLength
 		}
-		st.req.buf.limit, st.req.buf.pool = p.reqCapture, &p.reqCaptures
+		st.req.buf.limit, st.req.buf.pool, st.req.buf.budget = p.reqCapture, &p.reqCaptures, p.budget
 		pr.Out.Body = st.req
 	}
 }
@@ -262,9 +269,12 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 		ex.body = body
 	}
 	ex.Truncated = int64(len(ex.body)) < ex.BodyBytes
+	ex.CaptureSkipped = st.resp.overBudget
 	if st.req != nil {
-		ex.reqBody, ex.RequestBodyBytes = st.req.stop()
+		var over bool
+		ex.reqBody, ex.RequestBodyBytes, over = st.req.stop()
 		ex.RequestTruncated = int64(len(ex.reqBody)) < ex.RequestBodyBytes
+		ex.CaptureSkipped = ex.CaptureSkipped || over
 	}
 	p.metrics.record(ctx, st)
 	if len(p.observers) == 0 {
@@ -275,7 +285,7 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 		redactCredentials(ex)
 	}
 	ex.decoders, ex.decodeLimit = p.decoders, p.decodeLimit
-	st.octx = context.WithoutCancel(ctx)
+	st.octx, st.rctx = context.WithoutCancel(ctx), ctx
 	if p.async != nil && p.async.dispatch(p, st) {
 		return
 	}
@@ -285,9 +295,9 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 // runObservers calls the observers in order, then releases st: its pooled
 // buffers are free only once the last observer is done with them.
 func (p *Proxy) runObservers(st *exchangeState) {
-	timed := p.metrics.observerTimed(st.octx)
+	timed := p.metrics.observerTimed(st.rctx)
 	for i, o := range p.observers {
-		p.observe(st.octx, i, o, &st.ex, timed)
+		p.observe(st, i, o, timed)
 	}
 	st.ex.closeDecoders()
 	st.release()
@@ -320,22 +330,22 @@ func endErr(ctx context.Context, st *exchangeState) error {
 
 // observe calls the observer at index i, containing its panic. If timed, it
 // records how long the call took, panic or not.
-func (p *Proxy) observe(ctx context.Context, i int, o ResponseObserver, ex *Exchange, timed bool) {
+func (p *Proxy) observe(st *exchangeState, i int, o ResponseObserver, timed bool) {
 	var start time.Time
 	if timed {
 		start = time.Now()
 	}
 	defer func() {
 		if v := recover(); v != nil {
-			p.metrics.panicked(ctx, i)
-			p.logger.LogAttrs(ctx, slog.LevelError, "tapproxy: observer panicked",
+			p.metrics.panicked(st.rctx, i)
+			p.logger.LogAttrs(st.octx, slog.LevelError, "tapproxy: observer panicked",
 				slog.Any("panic", v), slog.String("stack", string(debug.Stack())))
 		}
 		if timed {
-			p.metrics.observed(ctx, i, time.Since(start))
+			p.metrics.observed(st.rctx, i, time.Since(start))
 		}
 	}()
-	o.ObserveResponse(ctx, ex)
+	o.ObserveResponse(st.octx, &st.ex)
 }
 
 // statusWriter notes the status a custom error handler answers with.

@@ -37,21 +37,34 @@ func NewTransport() *http.Transport {
 // no BufferPool.
 const copyBufferSize = 32 << 10
 
-// copyBuffers is the ReverseProxy.BufferPool shared by all proxies. It holds
-// pointers so that Put does not allocate.
-var copyBuffers = &bufferPool{pool: sync.Pool{New: func() any {
-	b := make([]byte, copyBufferSize)
-	return &b
-}}}
+// copyBuffers is the ReverseProxy.BufferPool shared by all proxies.
+var copyBuffers = new(bufferPool)
 
-type bufferPool struct{ pool sync.Pool }
+// bufferPool recycles copy buffers without allocating. sync.Pool holds
+// pointers, but ReverseProxy hands back a bare slice: boxing it anew on
+// every Put would allocate once per request, so the boxes are recycled in
+// a pool of their own.
+type bufferPool struct{ bufs, boxes sync.Pool }
 
-func (p *bufferPool) Get() []byte { return *p.pool.Get().(*[]byte) }
+func (p *bufferPool) Get() []byte {
+	box, ok := p.bufs.Get().(*[]byte)
+	if !ok {
+		return make([]byte, copyBufferSize)
+	}
+	b := *box
+	*box = nil // the box must not keep the buffer alive
+	p.boxes.Put(box)
+	return b
+}
 
 func (p *bufferPool) Put(b []byte) {
 	if cap(b) != copyBufferSize {
 		return
 	}
-	b = b[:copyBufferSize]
-	p.pool.Put(&b)
+	box, ok := p.boxes.Get().(*[]byte)
+	if !ok {
+		box = new([]byte)
+	}
+	*box = b[:copyBufferSize]
+	p.bufs.Put(box)
 }
