@@ -76,10 +76,7 @@ func (b *bodyBuffer) reserveFor(size int) bool {
 }
 
 // cut stops the capture at what it holds, because the budget is spent.
-func (b *bodyBuffer) cut() {
-	b.overBudget = true
-	b.budget.skips.Add(1)
-}
+func (b *bodyBuffer) cut() { b.overBudget = true }
 
 func (b *bodyBuffer) len() int {
 	if b.buf == nil {
@@ -135,9 +132,6 @@ func (p *capturePool) put(b *[]byte) {
 type captureBudget struct {
 	limit int64
 	used  atomic.Int64
-	// skips counts captures the budget cut short or skipped, for the
-	// metrics: the count of exchanges with Exchange.CaptureSkipped.
-	skips atomic.Int64
 }
 
 // reserve takes n bytes from the budget if they fit.

@@ -81,7 +81,6 @@ func TestBodyBufferBudget(t *testing.T) {
 	assert.Equal(t, 3000, b.len())
 	assert.True(t, b.overBudget)
 	assert.True(t, b.truncated())
-	assert.EqualValues(t, 1, budget.skips.Load())
 	a.release()
 	b.release()
 	assert.Zero(t, budget.used.Load(), "release gives every byte back")

@@ -18,6 +18,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/tapproxy/tapproxy"
 )
@@ -273,7 +274,9 @@ func TestCaptureBudgetCutsAndReleases(t *testing.T) {
 	release := make(chan struct{})
 	up := heldUpstream(t, sent, 16, release)
 	rec := newRecorder()
+	reader := sdkmetric.NewManualReader()
 	front := newFrontend(t, up.URL, tapproxy.WithObserver(rec),
+		tapproxy.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))),
 		tapproxy.WithCaptureLimit(limit), tapproxy.WithCaptureBudget(budget))
 
 	// Two responses held open at once: the first has its whole 64 KiB
@@ -305,6 +308,7 @@ func TestCaptureBudgetCutsAndReleases(t *testing.T) {
 	assert.LessOrEqual(t, len(second.Body), budget-limit)
 	assert.Equal(t, first.Body[:len(second.Body)], second.Body, "a cut capture is still a prefix")
 	assert.EqualValues(t, sent+16, second.BodyBytes, "the client got every byte")
+	assert.EqualValues(t, 1, counterValue(t, reader, "tapproxy.capture.skipped"))
 
 	// Once both exchanges are released, their reservations are back.
 	require.Eventually(t, func() bool {

@@ -42,6 +42,7 @@ const (
 	timeToHeadersName    = "tapproxy.upstream.time_to_headers"
 	captureBytesName     = "tapproxy.capture.bytes"
 	captureTruncatedName = "tapproxy.capture.truncated"
+	captureSkippedName   = "tapproxy.capture.skipped"
 	observerDurationName = "tapproxy.observer.duration"
 	observerPanicsName   = "tapproxy.observer.panics"
 	observerDroppedName  = "tapproxy.observer.dropped"
@@ -163,6 +164,7 @@ type meters struct {
 	timeToHeaders  metric.Float64Histogram
 	captureBytes   metric.Int64Counter
 	captureTrunc   metric.Int64Counter
+	captureSkip    metric.Int64Counter
 	obsDuration    metric.Float64Histogram
 	obsPanics      metric.Int64Counter
 	obsDropped     metric.Int64Counter
@@ -230,6 +232,10 @@ func newMeters(c *config) (*meters, error) {
 	check(err)
 	m.captureTrunc, err = meter.Int64Counter(captureTruncatedName,
 		metric.WithDescription("Exchanges whose body was longer than its capture limit."),
+		metric.WithUnit("{exchange}"))
+	check(err)
+	m.captureSkip, err = meter.Int64Counter(captureSkippedName,
+		metric.WithDescription("Exchanges whose capture the capture budget cut short or skipped."),
 		metric.WithUnit("{exchange}"))
 	check(err)
 	m.obsDuration, err = meter.Float64Histogram(observerDurationName,
@@ -372,6 +378,10 @@ func (m *meters) record(ctx context.Context, st *exchangeState) {
 		if reqTrunc {
 			m.captureTrunc.Add(ctx, 1, m.requestCapture...)
 		}
+	}
+
+	if ex.CaptureSkipped {
+		m.captureSkip.Add(ctx, 1)
 	}
 
 	// The client-facing leg's duration last, so that a reader that sees
