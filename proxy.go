@@ -128,7 +128,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// finish is deferred so that it also runs when ReverseProxy aborts the
 	// response with http.ErrAbortHandler; that panic then goes on to the
 	// server, which closes the connection.
-	defer p.finish(w, ctx, st)
+	defer p.finish(ctx, st)
 	p.rp.ServeHTTP(w, r.WithContext(ctx))
 	st.served = true
 }
@@ -244,7 +244,7 @@ var errAborted = errors.New("tapproxy: exchange aborted by a panic")
 var errWriteFailed = errors.New("tapproxy: write to client failed")
 
 // finish settles the exchange and calls the observers.
-func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeState) {
+func (p *Proxy) finish(ctx context.Context, st *exchangeState) {
 	ex, tee := &st.ex, &st.body
 	// ReverseProxy returns, or fails with a read error, only after writing
 	// what it read last; when it fails without one, the write failed.
@@ -259,7 +259,7 @@ func (p *Proxy) finish(w http.ResponseWriter, ctx context.Context, st *exchangeS
 		// response without body bytes is left alone so that it keeps its
 		// framing (a trailers-only gRPC status must stay one HEADERS
 		// frame).
-		_ = http.NewResponseController(w).Flush()
+		_ = http.NewResponseController(st.w).Flush()
 	}
 	ex.Duration = time.Since(ex.Start)
 	ex.Err = endErr(ctx, st)
