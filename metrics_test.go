@@ -226,10 +226,6 @@ func (e exchangeMetrics) want() []metricdata.Metrics {
 		want = append(want,
 			floatHistogram(httpconv.ClientRequestDuration{}.Name(), httpconv.ClientRequestDuration{}.Description(),
 				"s", specDurationBuckets, histogram{*e.client, 1, -1}),
-			intHistogram(httpconv.ClientRequestBodySize{}.Name(), httpconv.ClientRequestBodySize{}.Description(),
-				"By", sizeBuckets, histogram{*e.client, 1, e.reqBytes}),
-			intHistogram(httpconv.ClientResponseBodySize{}.Name(), httpconv.ClientResponseBodySize{}.Description(),
-				"By", sizeBuckets, histogram{*e.client, 1, e.resBytes}),
 		)
 	}
 	if e.headers != nil {
