@@ -291,13 +291,7 @@ func TestMetricsPerOutcome(t *testing.T) {
 				w.WriteHeader(http.StatusServiceUnavailable)
 				w.Write([]byte("down"))
 			},
-			do: func(t *testing.T, front string) {
-				res, err := http.Get(front + "/x")
-				require.NoError(t, err)
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				require.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
-			},
+			do: getStatus(http.StatusServiceUnavailable),
 			want: func(up string) exchangeMetrics {
 				return exchangeMetrics{
 					server:   set(get, http1, v11, status(503), errType("503")),
@@ -313,13 +307,7 @@ func TestMetricsPerOutcome(t *testing.T) {
 			upstream: func(w http.ResponseWriter, r *http.Request) {
 				http.NotFound(w, r)
 			},
-			do: func(t *testing.T, front string) {
-				res, err := http.Get(front + "/x")
-				require.NoError(t, err)
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				require.Equal(t, http.StatusNotFound, res.StatusCode)
-			},
+			do: getStatus(http.StatusNotFound),
 			want: func(up string) exchangeMetrics {
 				return exchangeMetrics{
 					server:   set(get, http1, v11, status(404)),
@@ -332,13 +320,7 @@ func TestMetricsPerOutcome(t *testing.T) {
 		},
 		{
 			name: "dial error",
-			do: func(t *testing.T, front string) {
-				res, err := http.Get(front + "/x")
-				require.NoError(t, err)
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				require.Equal(t, http.StatusBadGateway, res.StatusCode)
-			},
+			do:   getStatus(http.StatusBadGateway),
 			want: func(up string) exchangeMetrics {
 				return exchangeMetrics{
 					server:   set(get, http1, v11, status(502), errType("upstream_unavailable")),
@@ -354,13 +336,7 @@ func TestMetricsPerOutcome(t *testing.T) {
 				<-r.Context().Done() // until the proxy gives up
 			},
 			opts: []tapproxy.Option{tapproxy.WithTransport(&http.Transport{ResponseHeaderTimeout: 50 * time.Millisecond})},
-			do: func(t *testing.T, front string) {
-				res, err := http.Get(front + "/x")
-				require.NoError(t, err)
-				io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				require.Equal(t, http.StatusGatewayTimeout, res.StatusCode)
-			},
+			do:   getStatus(http.StatusGatewayTimeout),
 			want: func(up string) exchangeMetrics {
 				return exchangeMetrics{
 					server:   set(get, http1, v11, status(504), errType("upstream_timeout")),
@@ -993,4 +969,16 @@ func TestMetricsCardinalityIsBounded(t *testing.T) {
 	// The server, active-request and client sets per method, the
 	// observer's and the response capture's.
 	assert.LessOrEqual(t, len(distinct), 3*(len(known)+1)+2, "distinct attribute sets across all metrics")
+}
+
+// getStatus returns a step that GETs /x through the proxy and requires
+// the given status.
+func getStatus(code int) func(t *testing.T, front string) {
+	return func(t *testing.T, front string) {
+		res, err := http.Get(front + "/x")
+		require.NoError(t, err)
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		require.Equal(t, code, res.StatusCode)
+	}
 }
