@@ -7,7 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestBufferPool(t *testing.T) {
+func TestBufferPoolAllocs(t *testing.T) {
 	var p bufferPool
 	b := p.Get()
 	require.Len(t, b, copyBufferSize)
