@@ -194,6 +194,21 @@ func WithLogger(l *slog.Logger) Option {
 // built in; registering them replaces the built-in decoder. Names are case
 // insensitive. Repeated use accumulates, and a later registration of the
 // same name wins. A nil decoder is ignored.
+//
+// The core imports no compression library beyond the standard library's;
+// zstd and brotli plug in here, for example with
+// github.com/klauspost/compress/zstd and github.com/andybalholm/brotli:
+//
+//	tapproxy.WithDecoder("zstd", func(r io.Reader) (io.Reader, error) {
+//		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
+//		if err != nil {
+//			return nil, err
+//		}
+//		return d.IOReadCloser(), nil // closed when the observer call ends
+//	}),
+//	tapproxy.WithDecoder("br", func(r io.Reader) (io.Reader, error) {
+//		return brotli.NewReader(r), nil
+//	}),
 func WithDecoder(name string, d Decoder) Option {
 	return optionFunc(func(c *config) {
 		if d == nil {
