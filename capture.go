@@ -17,9 +17,10 @@ import (
 // after its last byte went to the client; for a 101 Switching Protocols
 // response, when the upgraded connection closes. It is also called when no
 // response arrived, with [Exchange.Response] nil and [Exchange.Err] set.
-// Observers run in the order they were added, on the request's goroutine, so
-// they must be quick: a chunked response's final chunk goes out only when
-// they return.
+// Observers run in the order they were added, by default on the request's
+// goroutine, so they must be quick: a chunked response's final chunk goes
+// out only when they return. With [WithAsyncObservers] they run on a worker
+// instead, and an exchange may be dropped when the workers fall behind.
 //
 // ctx carries the request's values but is not canceled when the client
 // leaves. Implementations must be safe for concurrent use, must treat ex as
@@ -71,14 +72,15 @@ type Exchange struct {
 	BodyBytes int64
 
 	// Truncated reports that Body holds fewer bytes than BodyBytes,
-	// because of the capture limit.
+	// because of the capture limit or the capture budget.
 	Truncated bool
 
 	// RequestBodyBytes counts the request body bytes sent upstream.
 	RequestBodyBytes int64
 
 	// RequestTruncated reports that RequestBody holds fewer bytes than
-	// RequestBodyBytes, because of the request capture limit.
+	// RequestBodyBytes, because of the request capture limit or the
+	// capture budget.
 	RequestTruncated bool
 
 	// CaptureSkipped reports that the proxy's capture budget (see
