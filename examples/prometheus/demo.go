@@ -142,8 +142,12 @@ func summarize(w io.Writer, rm metricdata.ResourceMetrics) {
 			if v, ok := dp.Attributes.Value("error.type"); ok {
 				fields = append(fields, "error.type="+v.Emit())
 			}
-			lines = append(lines, fmt.Sprintf("  %-40s %4d requests, avg %v",
-				strings.Join(fields, " "), dp.Count, avg(dp.Sum, dp.Count)))
+			noun := "requests"
+			if dp.Count == 1 {
+				noun = "request"
+			}
+			lines = append(lines, fmt.Sprintf("  %-40s %4d %-8s avg %v",
+				strings.Join(fields, " "), dp.Count, noun+",", avg(dp.Sum, dp.Count)))
 		}
 		slices.Sort(lines)
 		b.WriteString(strings.Join(lines, "\n") + "\n")

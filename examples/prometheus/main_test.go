@@ -112,14 +112,14 @@ func TestDemoPrintsWhatItCaptured(t *testing.T) {
 	out := stdout.String()
 	t.Log(out)
 	for _, line := range []string{
-		"GET /api/orders 200 +1 requests",
+		"GET /api/orders 200 +1 request,",
 		"GET /api/orders/{id} 200 +3 requests",
-		"GET /api/orders/{id} 404 +1 requests",
+		"GET /api/orders/{id} 404 +1 request,",
 		"GET /api/flaky 200 +2 requests",
-		"GET /api/flaky 503 error.type=503 +1 requests",
-		"GET /api/health 200 +1 requests",
+		"GET /api/flaky 503 error.type=503 +1 request,",
+		"GET /api/health 200 +1 request,",
 		`GET 127\.0\.0\.1:\d+ 200 +7 requests`,
-		`GET 127\.0\.0\.1:\d+ 404 error.type=404 +1 requests`,
+		`GET 127\.0\.0\.1:\d+ 404 error.type=404 +1 request,`,
 		`Response bodies: \d+ bytes in 9 responses`,
 		// /api/orders lists all five, then 1001, 1002 and 1003 one each.
 		"paid +4", "pending +2", "shipped +1", "cancelled +1",
