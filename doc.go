@@ -9,9 +9,8 @@
 //	proxy, err := tapproxy.New(target,
 //		tapproxy.WithDirector(tapproxy.StripPrefix("/api")),
 //		tapproxy.WithObserver(tapproxy.ObserverFunc(func(ctx context.Context, ex *tapproxy.Exchange) {
-//			body, _ := io.ReadAll(ex.Body()) // at most the capture limit
-//			log.Printf("%s %s: %d bytes, %v", ex.Request.Method, ex.Request.URL, ex.BodyBytes, ex.Err)
-//			_ = body
+//			body, _ := io.ReadAll(ex.Body()) // the first 64 KiB, as streamed
+//			log.Printf("%s %s: %d bytes (%.20q...), err=%v", ex.Request.Method, ex.Request.URL.Path, ex.BodyBytes, body, ex.Err)
 //		})))
 //	if err != nil {
 //		log.Fatal(err)
