@@ -428,3 +428,36 @@ func heldGet(addr string, n int64, reached *sync.WaitGroup, release <-chan struc
 	_, err = io.Copy(io.Discard, res.Body)
 	return err
 }
+
+func TestNoCaptureWithoutObservers(t *testing.T) {
+	const payload = "a request body worth keeping"
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(w, r.Body) // echo, so that both bodies could be captured
+	})
+	nop := tapproxy.ObserverFunc(func(context.Context, *tapproxy.Exchange) {})
+	tests := []struct {
+		name      string
+		observers []tapproxy.ResponseObserver
+		want      int64
+	}{
+		{name: "without observers nothing is captured", want: 0},
+		{name: "with an observer both bodies are", observers: []tapproxy.ResponseObserver{nop}, want: 2 * int64(len(payload))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reader := sdkmetric.NewManualReader()
+			front := newFrontend(t, up.URL,
+				tapproxy.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))),
+				tapproxy.WithRequestCaptureLimit(1024),
+				tapproxy.WithObserver(tt.observers...))
+			res, err := front.Client().Post(front.URL, "text/plain", strings.NewReader(payload))
+			require.NoError(t, err)
+			body, err := io.ReadAll(res.Body)
+			res.Body.Close()
+			require.NoError(t, err)
+			require.Equal(t, payload, string(body))
+			front.Close() // waits for the handler, so the exchange is recorded
+			assert.Equal(t, tt.want, counterValue(t, reader, "tapproxy.capture.bytes"))
+		})
+	}
+}

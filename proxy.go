@@ -83,7 +83,6 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 		target:          &t,
 		directors:       c.directors,
 		observers:       c.observers,
-		reqCapture:      int(min(c.reqCapture, math.MaxInt32)),
 		errorHandler:    c.errorHandler,
 		modifyResponse:  c.modifyResponse,
 		logger:          c.logger,
@@ -97,8 +96,10 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 		p.budget = &captureBudget{limit: c.captureBudget}
 	}
 	if len(c.observers) > 0 {
-		// Without observers nobody reads the capture, so take none.
+		// Without observers nobody reads the captures, so take none;
+		// bodies are still counted.
 		p.captureLimit = int(min(c.captureLimit, math.MaxInt32))
+		p.reqCapture = int(min(c.reqCapture, math.MaxInt32))
 	}
 	if c.async && len(c.observers) > 0 {
 		p.async = newDispatcher(p, c.asyncWorkers, c.asyncQueue)
