@@ -237,31 +237,48 @@ func TestRecorderConcurrent(t *testing.T) {
 	assert.Len(t, seen, n, "every exchange is recorded once")
 }
 
-// slowFirst is an upstream whose /slow path answers only once release is
-// closed; it closes arrived when that request is in.
-func slowFirst(arrived, release chan struct{}) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
+// heldSlow is a server whose upstream holds the request for /slow until
+// release is called, and answers other paths at once. It returns once a
+// client's GET of /slow has reached the upstream; finish releases it and
+// returns the client's error once the observers (the recorder among them)
+// have seen the exchange.
+func heldSlow(t *testing.T, opts ...tapproxytest.Option) (srv *tapproxytest.Server, finish func() error) {
+	t.Helper()
+	arrived, release, observed := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	// Observers run in order, the recorder first: once this one saw
+	// /slow, so did the recorder.
+	opts = append(opts, tapproxytest.WithProxyOptions(tapproxy.WithObserver(tapproxy.ObserverFunc(
+		func(_ context.Context, ex *tapproxy.Exchange) {
+			if ex.Request.URL.Path == "/slow" {
+				close(observed)
+			}
+		}))))
+	srv = tapproxytest.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			close(arrived)
 			<-release
 		}
 		io.WriteString(w, r.URL.Path)
-	}
-}
-
-func TestRecorderNumbersByArrival(t *testing.T) {
-	arrived, release := make(chan struct{}), make(chan struct{})
-	srv := tapproxytest.NewServer(t, slowFirst(arrived, release))
-
-	slow := make(chan error, 1)
+	}), opts...)
+	done := make(chan error, 1)
 	go func() {
 		res, err := srv.Client().Get(srv.URL + "/slow")
 		if err == nil {
 			res.Body.Close()
 		}
-		slow <- err
+		done <- err
 	}()
 	<-arrived
+	return srv, func() error {
+		close(release)
+		err := <-done
+		<-observed
+		return err
+	}
+}
+
+func TestRecorderNumbersByArrival(t *testing.T) {
+	srv, finishSlow := heldSlow(t)
 	_, _, err := get(t, srv.Client(), srv.URL+"/fast")
 	require.NoError(t, err)
 	// The fast exchange ended first, but arrived second.
@@ -269,8 +286,7 @@ func TestRecorderNumbersByArrival(t *testing.T) {
 	assert.Equal(t, "/fast", ex.Request.URL.Path)
 	assert.Equal(t, 1, srv.Recorder.Len())
 
-	close(release)
-	require.NoError(t, <-slow)
+	require.NoError(t, finishSlow())
 	ex = exchange(t, srv, 1)
 	assert.Equal(t, "/slow", ex.Request.URL.Path)
 	var paths []string
@@ -281,31 +297,9 @@ func TestRecorderNumbersByArrival(t *testing.T) {
 }
 
 func TestRecorderResetDropsInFlight(t *testing.T) {
-	arrived, release := make(chan struct{}), make(chan struct{})
-	// Observers run in order, the recorder first: once this one saw /slow,
-	// so did the recorder.
-	slowObserved := make(chan struct{})
-	srv := tapproxytest.NewServer(t, slowFirst(arrived, release),
-		tapproxytest.WithProxyOptions(tapproxy.WithObserver(tapproxy.ObserverFunc(
-			func(_ context.Context, ex *tapproxy.Exchange) {
-				if ex.Request.URL.Path == "/slow" {
-					close(slowObserved)
-				}
-			}))))
-
-	slow := make(chan error, 1)
-	go func() {
-		res, err := srv.Client().Get(srv.URL + "/slow")
-		if err == nil {
-			res.Body.Close()
-		}
-		slow <- err
-	}()
-	<-arrived
+	srv, finishSlow := heldSlow(t)
 	srv.Recorder.Reset()
-	close(release)
-	require.NoError(t, <-slow)
-	<-slowObserved
+	require.NoError(t, finishSlow())
 	assert.Empty(t, srv.Recorder.Exchanges(), "the exchange in flight at Reset is not recorded")
 	assert.Zero(t, srv.Recorder.Len())
 
@@ -317,33 +311,12 @@ func TestRecorderResetDropsInFlight(t *testing.T) {
 }
 
 func TestRecorderBoundDropsLateOlderExchange(t *testing.T) {
-	arrived, release := make(chan struct{}), make(chan struct{})
-	slowObserved := make(chan struct{})
-	srv := tapproxytest.NewServer(t, slowFirst(arrived, release),
-		tapproxytest.WithMaxExchanges(1),
-		tapproxytest.WithProxyOptions(tapproxy.WithObserver(tapproxy.ObserverFunc(
-			func(_ context.Context, ex *tapproxy.Exchange) {
-				if ex.Request.URL.Path == "/slow" {
-					close(slowObserved)
-				}
-			}))))
-
-	slow := make(chan error, 1)
-	go func() {
-		res, err := srv.Client().Get(srv.URL + "/slow")
-		if err == nil {
-			res.Body.Close()
-		}
-		slow <- err
-	}()
-	<-arrived
+	srv, finishSlow := heldSlow(t, tapproxytest.WithMaxExchanges(1))
 	_, _, err := get(t, srv.Client(), srv.URL+"/fast")
 	require.NoError(t, err)
 	assert.Equal(t, "/fast", exchange(t, srv, 2).Request.URL.Path)
 
-	close(release)
-	require.NoError(t, <-slow)
-	<-slowObserved
+	require.NoError(t, finishSlow())
 	// The slow exchange arrived first, so it is the older one to drop.
 	_, err = srv.Recorder.Wait(waitCtx(t), 1)
 	assert.ErrorContains(t, err, "tapproxytest: exchange 1 is no longer kept")
