@@ -219,8 +219,8 @@ func (s *source) response() Response {
 	res := s.res
 	if res == nil {
 		switch KindOf(s.err) {
-		case KindClientGone:
-			// It left before the headers: it got none.
+		case "", KindClientGone:
+			// A client that left before the headers got none.
 		case KindUpstreamTimeout:
 			r.Status = http.StatusGatewayTimeout
 		default:
