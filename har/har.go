@@ -1,6 +1,7 @@
 package har
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 
@@ -33,7 +34,7 @@ func (l Log) MarshalJSON() ([]byte, error) {
 	p := plain(l)
 	p.Pages = nonNil(p.Pages)
 	p.Entries = nonNil(p.Entries)
-	return json.Marshal(p)
+	return marshal(p)
 }
 
 // Creator names the application that wrote the log (and, as Log.Browser,
@@ -104,7 +105,7 @@ func (r Request) MarshalJSON() ([]byte, error) {
 	p.Cookies = nonNil(p.Cookies)
 	p.Headers = nonNil(p.Headers)
 	p.QueryString = nonNil(p.QueryString)
-	return json.Marshal(p)
+	return marshal(p)
 }
 
 // Response is an entry's response, as the client received it.
@@ -131,7 +132,7 @@ func (r Response) MarshalJSON() ([]byte, error) {
 	p := plain(r)
 	p.Cookies = nonNil(p.Cookies)
 	p.Headers = nonNil(p.Headers)
-	return json.Marshal(p)
+	return marshal(p)
 }
 
 // Content is a response body.
@@ -170,7 +171,7 @@ func (p PostData) MarshalJSON() ([]byte, error) {
 	type plain PostData
 	q := plain(p)
 	q.Params = nonNil(q.Params)
-	return json.Marshal(q)
+	return marshal(q)
 }
 
 // Param is a posted form parameter. This package keeps bodies in
@@ -303,6 +304,18 @@ func (e *Error) Unwrap() error {
 		}
 	}
 	return nil
+}
+
+// marshal is json.Marshal without HTML escaping, so that URLs and bodies
+// keep their & < > as they are.
+func marshal(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 func nonNil[T any](s []T) []T {

@@ -229,6 +229,7 @@ func (r *Recorder) Handler() http.Handler {
 			}
 			enc := json.NewEncoder(w)
 			enc.SetIndent("", "  ")
+			enc.SetEscapeHTML(false)
 			_ = enc.Encode(h) // a failed write means the client left
 		case http.MethodDelete:
 			r.Reset()

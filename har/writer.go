@@ -143,7 +143,7 @@ func (w *Writer) WriteEntry(e Entry) {
 }
 
 func (w *Writer) write(ctx context.Context, e *Entry) {
-	b, err := json.Marshal(e)
+	b, err := marshal(e)
 	if err != nil {
 		w.dropped.Add(ctx, 1) // cannot happen: entries hold only strings and numbers
 		return
