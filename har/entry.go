@@ -141,8 +141,13 @@ func (s *source) entry() Entry {
 	}
 	e.Time = e.Timings.Send + e.Timings.Wait + e.Timings.Receive
 	if s.req != nil && s.req.URL != nil {
-		if a, err := netip.ParseAddr(s.req.URL.Hostname()); err == nil {
-			e.ServerIPAddress = a.WithZone("").Unmap().String()
+		host := s.req.URL.Hostname()
+		if a, err := netip.ParseAddr(host); err == nil {
+			if a.Zone() == "" && !a.Is4In6() {
+				e.ServerIPAddress = host // already the literal: no allocation
+			} else {
+				e.ServerIPAddress = a.WithZone("").Unmap().String()
+			}
 		}
 	}
 	if s.err != nil {
@@ -183,8 +188,15 @@ func (s *source) request() Request {
 		r.QueryString = query(req.URL.RawQuery)
 	}
 	r.Headers = headers(req.Header)
-	for _, v := range req.Header["Cookie"] {
-		r.Cookies = appendCookies(r.Cookies, v)
+	if cs := req.Header["Cookie"]; len(cs) > 0 {
+		n := 0
+		for _, v := range cs {
+			n += strings.Count(v, ";") + 1
+		}
+		r.Cookies = make([]Cookie, 0, n)
+		for _, v := range cs {
+			r.Cookies = appendCookies(r.Cookies, v)
+		}
 	}
 	if s.reqBodyBytes > 0 || len(req.Header["Content-Type"]) > 0 {
 		r.PostData = s.postData()
@@ -233,8 +245,11 @@ func (s *source) response() Response {
 	r.StatusText = http.StatusText(res.StatusCode)
 	r.HTTPVersion = cmp.Or(res.Proto, "HTTP/1.1")
 	r.Headers = headers(res.Header)
-	for _, v := range res.Header["Set-Cookie"] {
-		r.Cookies = append(r.Cookies, setCookie(v))
+	if cs := res.Header["Set-Cookie"]; len(cs) > 0 {
+		r.Cookies = make([]Cookie, len(cs))
+		for i, v := range cs {
+			r.Cookies[i] = setCookie(v)
+		}
 	}
 	r.RedirectURL = res.Header.Get("Location")
 	if len(res.Trailer) > 0 {
@@ -256,11 +271,14 @@ func (s *source) content() Content {
 	defer putBuffer(buf)
 	encoded := isEncoded(s.res.Header)
 	var err error
-	if s.ex != nil {
+	switch {
+	case s.ex != nil && encoded:
 		_, err = buf.ReadFrom(s.ex.DecodedBody())
-	} else if encoded {
+	case s.ex != nil:
+		_, err = buf.ReadFrom(s.ex.Body()) // the same bytes, for fewer allocations
+	case encoded:
 		err = decode(buf, s.parts.Body, s.res.Header, s.parts.DecodeLimit, s.truncated)
-	} else {
+	default:
 		buf.Write(s.parts.Body)
 	}
 	captured := int64(buf.Len())
