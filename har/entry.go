@@ -27,9 +27,10 @@ import (
 const startedLayout = "2006-01-02T15:04:05.000Z07:00"
 
 // FromExchange converts one exchange into an entry. It is meant to be called
-// inside an observer, while ex is valid; the entry it returns shares nothing
-// with ex and stays valid after the call. It is safe for concurrent use and
-// allocates only what the entry holds, plus a pooled buffer for the body.
+// inside an observer, while ex is valid; the entry it returns holds its own
+// lists and copies of the bodies (its other strings are immutable), so it
+// stays valid after the call. It is safe for concurrent use and allocates
+// only what the entry holds, reading the body through a pooled buffer.
 //
 // The request is the one sent upstream; the response is the one the client
 // received, with its body decoded through [tapproxy.Exchange.DecodedBody]
@@ -100,9 +101,9 @@ type Parts struct {
 }
 
 // FromParts converts the parts of one exchange into an entry, as
-// [FromExchange] does for an exchange. The entry shares its strings with
-// nothing in p; nil p gives an empty entry. Credentials are converted as
-// they are; use [Redact] to hide them.
+// [FromExchange] does for an exchange. The entry holds its own lists and
+// copies of the bodies, so p may change afterwards; nil p gives an empty
+// entry. Credentials are converted as they are; use [Redact] to hide them.
 func FromParts(p *Parts) Entry {
 	if p == nil {
 		p = &Parts{}
