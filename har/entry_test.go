@@ -448,3 +448,54 @@ func TestKindOf(t *testing.T) {
 		})
 	}
 }
+
+// TestFromPartsBodies covers the decoding of recorded bodies: codings
+// undone, the decode limit, a coding it does not know, and a capture cut
+// short.
+func TestFromPartsBodies(t *testing.T) {
+	long := strings.Repeat("abc", 100)
+	zipped := gzipped(t, long)
+	tests := []struct {
+		name      string
+		coding    string
+		body      []byte
+		bodyBytes int
+		truncated bool
+		limit     int64
+		text      string
+		size      int64
+		cut       bool
+		encoding  string
+	}{
+		{"plain", "", []byte(long), len(long), false, 0, long, int64(len(long)), false, ""},
+		{"gzip", "gzip", zipped, len(zipped), false, 0, long, int64(len(long)), false, ""},
+		{"decode limit", "gzip", zipped, len(zipped), false, 10, long[:10], int64(len(zipped)), true, ""},
+		{"cut capture", "gzip", zipped[:len(zipped)/2], len(zipped), true, 0, "", int64(len(zipped)), true, ""},
+		{"unknown coding", "br", []byte{0xce, 0xff}, 2, false, 0, "zv8=", 2, false, "base64"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{}
+			if tt.coding != "" {
+				h.Set("Content-Encoding", tt.coding)
+			}
+			e := har.FromParts(&har.Parts{
+				Request:  httptest.NewRequest(http.MethodGet, "http://[::1]:8080/", nil),
+				Response: &http.Response{StatusCode: 200, Header: h},
+				Body:     tt.body, BodyBytes: int64(tt.bodyBytes), Truncated: tt.truncated,
+				DecodeLimit: tt.limit, Start: time.Now(),
+			})
+			c := e.Response.Content
+			if tt.name == "cut capture" {
+				assert.True(t, strings.HasPrefix(long, c.Text), "a decoded prefix: %q", c.Text)
+			} else {
+				assert.Equal(t, tt.text, c.Text)
+			}
+			assert.Equal(t, tt.size, c.Size)
+			assert.Equal(t, tt.cut, c.Truncated)
+			assert.Equal(t, tt.encoding, c.Encoding)
+			assert.Equal(t, "::1", e.ServerIPAddress)
+			marshal(t, &har.HAR{Log: har.Log{Version: har.Version, Creator: har.DefaultCreator, Entries: []har.Entry{e}}})
+		})
+	}
+}
