@@ -3,6 +3,7 @@ package har
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -96,7 +97,7 @@ var head, tail = func() ([]byte, []byte) {
 }()
 
 // NewWriter returns a Writer that writes to w and starts writing the head
-// of the document.
+// of the document. A nil w drops every entry, and Close reports it.
 func NewWriter(w io.Writer, opts ...WriterOption) *Writer {
 	c := writerConfig{queue: DefaultQueueSize}
 	for _, o := range opts {
@@ -165,6 +166,14 @@ func (w *Writer) write(ctx context.Context, e *Entry) {
 
 func (w *Writer) run() {
 	defer close(w.done)
+	if w.w == nil {
+		w.failed.Store(true)
+		for range w.queue {
+			w.dropped.Add(context.Background(), 1)
+		}
+		w.err = errors.New("tapproxy: har: NewWriter: nil io.Writer")
+		return
+	}
 	_, err := w.w.Write(head)
 	sep := []byte("\n")
 	for b := range w.queue {

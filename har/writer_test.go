@@ -235,3 +235,11 @@ func TestGolden(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, string(want), out.String())
 }
+
+func TestWriterNil(t *testing.T) {
+	hw := har.NewWriter(nil)
+	hw.WriteEntry(har.Entry{})
+	err := hw.Close()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "tapproxy: ")
+}
