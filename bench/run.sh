@@ -37,6 +37,7 @@ lists the flags for rounds, durations and sizes).
 | req/s at 1 KiB, observer + capture + metrics on | >= 0.90 x the bare tuned proxy, and >= 2 x `NewSingleHostReverseProxy` with defaults |
 | allocs/op | <= bare + 12 |
 | 1 GiB response, 64 KiB capture | proxy heap growth <= 16 MiB; time to first byte <= 1.2 x bare |
+| req/s at 1 KiB, every exchange recorded into a `har.Recorder` with `WithAsyncObservers` (variant `har`) | >= 0.85 x the same proxy without it (variant `tapproxy`) |
 
 `go test` holds what is deterministic: `TestAllocsWithinBudgetOfBareProxy`
 (allocations per request against an in-memory upstream) and

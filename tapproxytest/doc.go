@@ -12,6 +12,10 @@
 // matchers select: delays, fixed responses, connection resets, truncated or
 // throttled bodies, dropped trailers and hangs.
 //
+// [Recorder.WriteHAR] exports the recording as a HAR 1.2 file for a
+// browser's network panel, and [WithHAROnFailure] writes one when the test
+// fails; both redact credentials unless [WithUnredactedHAR] is given.
+//
 // The package needs only a [TB], which [testing.TB] satisfies; it uses no
 // assertion library. The server closes itself when the test ends.
 //

@@ -22,6 +22,8 @@ func (t *exampleT) Helper()                           {}
 func (t *exampleT) Cleanup(f func())                  { t.cleanups = append(t.cleanups, f) }
 func (t *exampleT) Log(args ...any)                   {}
 func (t *exampleT) Fatalf(format string, args ...any) { panic(fmt.Sprintf(format, args...)) }
+func (t *exampleT) Name() string                      { return "Example" }
+func (t *exampleT) Failed() bool                      { return false }
 
 // done runs the cleanups, as the end of a test does.
 func (t *exampleT) done() {

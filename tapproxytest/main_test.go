@@ -63,9 +63,30 @@ func get(tb testing.TB, c *http.Client, u string) (*http.Response, []byte, error
 // and reports, and runs cleanups when told.
 type fakeTB struct {
 	mu       sync.Mutex
+	name     string
+	failed   bool
 	logs     []string
 	fatals   []string
 	cleanups []func()
+}
+
+func (f *fakeTB) Name() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.name
+}
+
+func (f *fakeTB) Failed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.failed || len(f.fatals) > 0
+}
+
+// fail marks the test failed, as t.Error does.
+func (f *fakeTB) fail() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failed = true
 }
 
 func (f *fakeTB) Helper() {}

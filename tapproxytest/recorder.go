@@ -129,6 +129,8 @@ type Recorder struct {
 	dropped int        // the highest Seq dropped to keep the bound
 	gen     int        // bumped by Reset
 	changed chan struct{}
+
+	harCredentials bool // WriteHAR keeps credentials
 }
 
 func newRecorder(max int) *Recorder {

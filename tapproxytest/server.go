@@ -21,6 +21,8 @@ type TB interface {
 	Cleanup(func())
 	Log(args ...any)
 	Fatalf(format string, args ...any)
+	Name() string
+	Failed() bool
 }
 
 // DefaultBodyLimit is how many bytes of each request and response body a
@@ -43,6 +45,9 @@ type config struct {
 	bodyLimit    int64
 	transport    http.RoundTripper
 	proxyOpts    []tapproxy.Option
+
+	harDir         string // written to when the test fails, if set
+	harCredentials bool   // keep credentials in HAR files
 }
 
 // WithFaults adds faults to inject (see [Fault]). Repeated use accumulates:
@@ -178,6 +183,7 @@ func (s *Server) start(target string, opts []Option) *Server {
 
 	s.done = make(chan struct{})
 	s.Recorder = newRecorder(c.maxExchanges)
+	s.Recorder.harCredentials = c.harCredentials
 	s.transport = c.transport
 	if s.transport == nil {
 		s.transport = tapproxy.NewTransport()
@@ -213,6 +219,11 @@ func (s *Server) start(target string, opts []Option) *Server {
 	s.front.Start()
 	s.URL = s.front.URL
 	s.UpstreamURL = u.String()
+	if dir := c.harDir; dir != "" {
+		// Cleanups run last first: this one after Close, once every
+		// exchange has been recorded.
+		s.tb.Cleanup(func() { s.writeHAROnFailure(dir) })
+	}
 	s.tb.Cleanup(s.Close)
 	return s
 }

@@ -17,6 +17,16 @@
 //	-metrics-port N  the port of /metrics (default 9090)
 //	-demo N          send N requests through the proxy, print the metrics
 //	                 they produced, and exit
+//	-har             keep the recent exchanges (the last 1000, bodies up to
+//	                 64 MiB in all) and serve them as a HAR file at /har on
+//	                 the metrics port; DELETE /har clears them
+//
+// With -har, download the file and open it in a browser's network panel
+// (in Chrome or Firefox: DevTools, Network, then drag the file in):
+//
+//	go run ./examples/prometheus -har
+//	curl localhost:8080/api/orders
+//	curl -OJ localhost:9090/har
 //
 // Bad flags and ports that are in use end it with a one-line error and exit
 // status 2.
@@ -46,6 +56,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/tapproxy/tapproxy"
+	"github.com/tapproxy/tapproxy/har"
 )
 
 // listenHost is the host the proxy and /metrics listen on: every interface.
@@ -86,6 +97,7 @@ type config struct {
 	port        int
 	metricsPort int
 	demo        int
+	har         bool // record exchanges and serve them at /har
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -99,6 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.port, "port", 8080, "the proxy's `port`")
 	fs.IntVar(&c.metricsPort, "metrics-port", 9090, "the `port` that serves /metrics")
 	fs.IntVar(&c.demo, "demo", 0, "send `N` requests through the proxy, print the metrics they produced, and exit")
+	fs.BoolVar(&c.har, "har", false, "keep the recent exchanges and serve them as a HAR file at /har on the metrics port")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
@@ -150,6 +163,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "Try:\n  curl %s/\n", a.proxyURL)
 	}
 	fmt.Fprintf(stdout, "Then see the metrics:\n  curl %s/metrics\n", a.metricsURL)
+	if cfg.har {
+		fmt.Fprintf(stdout, "And the recent exchanges, for a browser's network panel:\n  curl -OJ %s/har\n", a.metricsURL)
+	}
 	select {
 	case <-ctx.Done():
 		return nil
@@ -224,6 +240,16 @@ func start(cfg config, logger *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+	if cfg.har {
+		// The recorder runs beside the metrics observer; /har serves
+		// what it keeps, on the metrics port, which should stay private:
+		// the file holds bodies. Credentials are redacted by the proxy.
+		rec := har.NewRecorder()
+		opts = append(opts, tapproxy.WithObserver(rec))
+		mux.Handle("/har", rec.Handler())
+	}
 	proxy, err := tapproxy.New(target, append(opts,
 		tapproxy.WithMeterProvider(a.mp),
 		tapproxy.WithDirector(tapproxy.ForwardedHeaders()),
@@ -232,9 +258,6 @@ func start(cfg config, logger *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
-
 	a.proxy, a.metrics = newServer(proxy, logger), newServer(mux, logger)
 	a.proxyURL, a.metricsURL = baseURL(pl.Addr()), baseURL(ml.Addr())
 	go a.serve(a.proxy, pl)

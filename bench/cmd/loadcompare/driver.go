@@ -38,10 +38,15 @@ var descriptions = map[string]string{
 	"tapproxy": "tapproxy, no observer",
 	"observer": "tapproxy, one observer reading the 64 KiB capture",
 	full:       "tapproxy, observer reading the 64 KiB capture, metrics on (SDK MeterProvider, ManualReader)",
+	harVariant: "tapproxy, WithAsyncObservers(2, 4096), every exchange recorded into a har.Recorder (default bounds)",
 }
 
+// harVariant is judged against "tapproxy", the same proxy without the
+// recorder.
+const harVariant = "har"
+
 func allVariants() []string {
-	return []string{direct, bare, stdlib, "naive", "tapproxy", "observer", full}
+	return []string{direct, bare, stdlib, "naive", "tapproxy", "observer", full, harVariant}
 }
 
 // child is a process started in a role.

@@ -17,6 +17,7 @@ const (
 	maxExtraAllocs   = 12
 	maxHeapGrowth    = 16 << 20
 	maxTTFBRatio     = 1.2
+	minRatioHAR      = 0.85 // har against tapproxy
 )
 
 // table prints as aligned text or as Markdown.
@@ -141,6 +142,10 @@ func (r *report) print(w io.Writer, md bool) (failed bool) {
 			fmtDur(sb.medianTTFB()), fmtDur(bb.medianTTFB()), budgetRatio(float64(sb.medianTTFB()), float64(bb.medianTTFB())))
 	} else {
 		check(false, false, "large response: not run")
+	}
+	if h, t := r.load[harVariant], r.load["tapproxy"]; h != nil && t != nil {
+		check(h.rps() >= minRatioHAR*t.rps(), true, "req/s with every exchange recorded into a har.Recorder (async) >= %.2f x tapproxy: %.0f vs %.0f, %s",
+			minRatioHAR, h.rps(), t.rps(), budgetRatio(h.rps(), t.rps()))
 	}
 	sep := "\n"
 	fmt.Fprintln(w, strings.Join(lines, sep))

@@ -23,6 +23,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/tapproxy/tapproxy"
+	"github.com/tapproxy/tapproxy/har"
 )
 
 // The driver starts the upstream and each proxy variant as a copy of this
@@ -160,6 +161,11 @@ func newVariant(name string, target *url.URL) (http.Handler, error) {
 		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 		return tapproxy.New(target, tapproxy.WithLogger(discardLogger), tapproxy.WithObserver(readCapture),
 			tapproxy.WithMeterProvider(mp))
+	case harVariant:
+		// The HAR budget: the same proxy as "tapproxy", plus a recorder
+		// of every exchange, off the request path.
+		return tapproxy.New(target, tapproxy.WithLogger(discardLogger),
+			tapproxy.WithAsyncObservers(2, 4096), tapproxy.WithObserver(har.NewRecorder()))
 	}
 	return nil, fmt.Errorf("unknown variant %q", name)
 }
