@@ -64,6 +64,7 @@ func get(tb testing.TB, c *http.Client, u string) (*http.Response, []byte, error
 type fakeTB struct {
 	mu       sync.Mutex
 	logs     []string
+	errors   []string
 	fatals   []string
 	cleanups []func()
 }
@@ -80,6 +81,18 @@ func (f *fakeTB) Log(args ...any) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.logs = append(f.logs, fmt.Sprint(args...))
+}
+
+func (f *fakeTB) Errorf(format string, args ...any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.errors = append(f.errors, fmt.Sprintf(format, args...))
+}
+
+func (f *fakeTB) allErrors() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.errors...)
 }
 
 func (f *fakeTB) Fatalf(format string, args ...any) {

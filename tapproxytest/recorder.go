@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,12 +55,22 @@ type Exchange struct {
 	Err error
 
 	// Faults names the faults applied to this exchange, in the order they
-	// were given (see [Fault.Named]).
+	// were given (see [Fault.Named]). The entry of a random delay
+	// ([DelayUniform], [DelayLogNormal]) adds "=" and the delay drawn, as
+	// in "delay-uniform(10ms,50ms)=23.4ms"; [Exchange.HasFault] matches it
+	// by name.
 	Faults []string
 }
 
-// HasFault reports whether the fault called name was applied to ex.
-func (ex Exchange) HasFault(name string) bool { return slices.Contains(ex.Faults, name) }
+// HasFault reports whether the fault called name was applied to ex. A
+// random delay's entry, such as "delay-uniform(10ms,50ms)=23.4ms", matches
+// its name without the delay drawn.
+func (ex Exchange) HasFault(name string) bool {
+	return slices.ContainsFunc(ex.Faults, func(f string) bool {
+		rest, ok := strings.CutPrefix(f, name)
+		return ok && (rest == "" || rest[0] == '=')
+	})
+}
 
 // Request is the recorded request of an [Exchange].
 type Request struct {

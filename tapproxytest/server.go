@@ -3,10 +3,12 @@ package tapproxytest
 import (
 	"context"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -15,11 +17,14 @@ import (
 
 // TB is the part of [testing.TB] that a [Server] uses: *testing.T,
 // *testing.B, *testing.F and any testing.TB satisfy it, and so do the
-// handles of other test frameworks, such as Ginkgo's GinkgoT().
+// handles of other test frameworks, such as Ginkgo's GinkgoT(). Errorf
+// reports what fails a test without stopping it, such as a [Recorder.Expect]
+// that did not hold; Fatalf reports bad options.
 type TB interface {
 	Helper()
 	Cleanup(func())
 	Log(args ...any)
+	Errorf(format string, args ...any)
 	Fatalf(format string, args ...any)
 }
 
@@ -43,6 +48,9 @@ type config struct {
 	bodyLimit    int64
 	transport    http.RoundTripper
 	proxyOpts    []tapproxy.Option
+	seed         int64
+	seeded       bool
+	tls, http2   bool
 }
 
 // WithFaults adds faults to inject (see [Fault]). Repeated use accumulates:
@@ -116,6 +124,8 @@ type Server struct {
 	upstream  *httptest.Server // nil for a real upstream
 	transport http.RoundTripper
 	faults    atomic.Pointer[[]*armedFault]
+	seed      int64
+	faultGen  atomic.Uint64 // bumped by SetFaults, for fresh random sources
 	done      chan struct{}
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -170,11 +180,18 @@ func (s *Server) start(target string, opts []Option) *Server {
 	if err != nil {
 		return fail("tapproxytest: upstream URL: %v", err)
 	}
-	faults, err := arm(c.faults)
+	s.seed = c.seed
+	if !c.seeded {
+		s.seed = rand.Int64()
+	}
+	faults, err := arm(c.faults, s.seed, 0)
 	if err != nil {
 		return fail("%v", err)
 	}
 	s.faults.Store(&faults)
+	if !c.seeded {
+		s.logSeed(faults)
+	}
 
 	s.done = make(chan struct{})
 	s.Recorder = newRecorder(c.maxExchanges)
@@ -191,6 +208,7 @@ func (s *Server) start(target string, opts []Option) *Server {
 		tapproxy.WithUnredactedCredentials(),
 		tapproxy.WithTransport(&faultTransport{next: s.transport, done: s.done}),
 		tapproxy.WithDirector(s.faultDirector),
+		tapproxy.WithErrorHandler(s.onError),
 		tapproxy.WithObserver(tapproxy.ObserverFunc(s.Recorder.observe)),
 	}, c.proxyOpts...)
 	p, err := tapproxy.New(u, popts...)
@@ -202,15 +220,21 @@ func (s *Server) start(target string, opts []Option) *Server {
 	s.front = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Number the request as it arrives; the proxy's hooks and the
 		// recorder find its tag in the context.
-		ctx := context.WithValue(r.Context(), tagKey{}, s.Recorder.arrive())
+		t := s.Recorder.arrive()
+		ctx := context.WithValue(r.Context(), tagKey{}, t)
 		p.ServeHTTP(w, r.WithContext(ctx))
+		if t.abort {
+			// A connection fault on a connection that cannot be
+			// taken over: reset the stream.
+			panic(http.ErrAbortHandler)
+		}
 	}))
 	s.front.Config.ErrorLog = slog.NewLogLogger(s.logger().Handler(), slog.LevelError)
 	s.front.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		// A ResetAfter fault resets the connection it finds here.
 		return context.WithValue(ctx, connKey{}, c)
 	}
-	s.front.Start()
+	s.startFront(c)
 	s.URL = s.front.URL
 	s.UpstreamURL = u.String()
 	s.tb.Cleanup(s.Close)
@@ -218,8 +242,9 @@ func (s *Server) start(target string, opts []Option) *Server {
 }
 
 // Client returns an HTTP client for the proxy, whose idle connections are
-// closed with the server. It has no timeout; set one on a copy, or use
-// request contexts, to test how code under test gives up.
+// closed with the server; with [WithTLS] it trusts the front's certificate,
+// and with [WithHTTP2] it speaks HTTP/2. It has no timeout; set one on a
+// copy, or use request contexts, to test how code under test gives up.
 func (s *Server) Client() *http.Client { return s.front.Client() }
 
 // SetFaults replaces the faults the server injects, for the requests that
@@ -227,12 +252,24 @@ func (s *Server) Client() *http.Client { return s.front.Client() }
 // fault fails the test through tb.Fatalf, leaving the faults as they were.
 func (s *Server) SetFaults(f ...Fault) {
 	s.tb.Helper()
-	faults, err := arm(f)
+	faults, err := arm(f, s.seed, s.faultGen.Add(1))
 	if err != nil {
 		s.tb.Fatalf("%v", err)
 		return
 	}
 	s.faults.Store(&faults)
+}
+
+// logSeed logs the random seed when some fault makes random choices, so
+// that a failing run can be repeated with WithSeed.
+func (s *Server) logSeed(faults []*armedFault) {
+	for _, a := range faults {
+		if a.random() {
+			s.tb.Log("tapproxytest: random faults use seed " + strconv.FormatInt(s.seed, 10) +
+				"; WithSeed(" + strconv.FormatInt(s.seed, 10) + ") repeats them")
+			return
+		}
+	}
 }
 
 // Close releases requests held by faults, shuts the proxy down and waits for
@@ -258,6 +295,7 @@ func (s *Server) Close() {
 type tag struct {
 	seq, gen int
 	plan     *plan // set by the fault director
+	abort    bool  // set by a connection fault that could not take the connection over
 }
 
 type tagKey struct{}
