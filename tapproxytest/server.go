@@ -94,7 +94,9 @@ func WithTransport(rt http.RoundTripper) Option {
 // to -1 (flush after every write, so that clients see injected faults at
 // once), the capture limits to the body limit, and its own logger and
 // transport. Giving [tapproxy.WithTransport] here bypasses the faults; use
-// [WithTransport] instead. Repeated use accumulates. Nils are skipped.
+// [WithTransport] instead. Giving [tapproxy.WithErrorHandler] replaces the
+// server's own, which carries out the faults that break connections (see
+// [CloseConnection]). Repeated use accumulates. Nils are skipped.
 //
 // Unlike a plain proxy, a Server records credential headers
 // (Authorization, Cookie, Set-Cookie) as they were sent, with
