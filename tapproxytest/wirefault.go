@@ -136,6 +136,11 @@ func (s *Server) breakConn(w http.ResponseWriter, r *http.Request, we *wireError
 	}
 	switch we.kind {
 	case kindResetConn:
+		// Close beneath TLS: its close_notify alert would read as a
+		// clean EOF before the RST.
+		if tc, ok := conn.(*tls.Conn); ok {
+			conn = tc.NetConn()
+		}
 		setLingerZero(conn)
 	case kindGarbage:
 		_, _ = conn.Write(append(we.garbage, '\r', '\n'))
