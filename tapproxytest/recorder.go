@@ -170,6 +170,9 @@ func (r *Recorder) observe(ctx context.Context, ex *tapproxy.Exchange) {
 	if t.plan != nil {
 		rec.Faults = slices.Clone(t.plan.names)
 	}
+	if t.replayErr != nil {
+		rec.Err = t.replayErr
+	}
 	if req := ex.Request; req != nil {
 		u := *req.URL
 		if u.User != nil {

@@ -51,6 +51,7 @@ type config struct {
 	seed         int64
 	seeded       bool
 	tls, http2   bool
+	cassette     *cassetteConfig
 }
 
 // WithFaults adds faults to inject (see [Fault]). Repeated use accumulates:
@@ -129,6 +130,7 @@ type Server struct {
 	seed      int64
 	faultGen  atomic.Uint64 // bumped by SetFaults, for fresh random sources
 	done      chan struct{}
+	cassette  *cassette // nil without WithCassette
 	closeOnce sync.Once
 	closed    atomic.Bool
 }
@@ -201,6 +203,16 @@ func (s *Server) start(target string, opts []Option) *Server {
 	if s.transport == nil {
 		s.transport = tapproxy.NewTransport()
 	}
+	// The cassette sits below the faults, so that it records what the
+	// upstream said, and faults apply to what it replays.
+	below := s.transport
+	if c.cassette != nil {
+		cs, err := newCassette(c.cassette, c.bodyLimit, s.upstream != nil, s.transport, s.done)
+		if err != nil {
+			return fail("%v", err)
+		}
+		s.cassette, below = cs, cs
+	}
 	popts := append([]tapproxy.Option{
 		tapproxy.WithLogger(s.logger()),
 		tapproxy.WithFlushInterval(-1),
@@ -208,7 +220,7 @@ func (s *Server) start(target string, opts []Option) *Server {
 		tapproxy.WithRequestCaptureLimit(c.bodyLimit),
 		// Tests assert what was sent, credentials included.
 		tapproxy.WithUnredactedCredentials(),
-		tapproxy.WithTransport(&faultTransport{next: s.transport, done: s.done}),
+		tapproxy.WithTransport(&faultTransport{next: below, done: s.done}),
 		tapproxy.WithDirector(s.faultDirector),
 		tapproxy.WithErrorHandler(s.onError),
 		tapproxy.WithObserver(tapproxy.ObserverFunc(s.Recorder.observe)),
@@ -288,6 +300,9 @@ func (s *Server) Close() {
 		if s.upstream != nil {
 			s.upstream.Close()
 		}
+		if s.cassette != nil {
+			s.cassette.finish(s.tb)
+		}
 		s.closed.Store(true)
 	})
 }
@@ -295,8 +310,9 @@ func (s *Server) Close() {
 // tag is what the server knows of one request across the proxy's hooks:
 // its number in the recording and the faults chosen for it.
 type tag struct {
-	seq, gen int
-	plan     *plan // set by the fault director
+	seq, gen  int
+	plan      *plan // set by the fault director
+	replayErr error // set by a cassette that had no entry for the request
 	abort    bool  // set by a connection fault that could not take the connection over
 }
 
