@@ -313,7 +313,7 @@ type tag struct {
 	seq, gen  int
 	plan      *plan // set by the fault director
 	replayErr error // set by a cassette that had no entry for the request
-	abort    bool  // set by a connection fault that could not take the connection over
+	abort     bool  // set by a connection fault that could not take the connection over
 }
 
 type tagKey struct{}
