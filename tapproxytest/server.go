@@ -94,8 +94,8 @@ func WithTransport(rt http.RoundTripper) Option {
 // they win where they conflict: the server sets [tapproxy.WithFlushInterval]
 // to -1 (flush after every write, so that clients see injected faults at
 // once), the capture limits to the body limit, and its own logger and
-// transport. Giving [tapproxy.WithTransport] here bypasses the faults; use
-// [WithTransport] instead. Giving [tapproxy.WithErrorHandler] replaces the
+// transport. Giving [tapproxy.WithTransport] here bypasses the faults and
+// any cassette; use [WithTransport] instead. Giving [tapproxy.WithErrorHandler] replaces the
 // server's own, which carries out the faults that break connections (see
 // [CloseConnection]). Repeated use accumulates. Nils are skipped.
 //
@@ -287,8 +287,10 @@ func (s *Server) logSeed(faults []*armedFault) {
 }
 
 // Close releases requests held by faults, shuts the proxy down and waits for
-// its requests to finish, then shuts down the fake upstream, if any. It is
-// called when the test ends; calling it again does nothing.
+// its requests to finish, then shuts down the fake upstream, if any. With
+// [WithCassette] it then writes the cassette, and reports through the TB's
+// Errorf what kept exchanges from being replayed or recorded, such as
+// misses. It is called when the test ends; calling it again does nothing.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.done)
