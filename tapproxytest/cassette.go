@@ -465,7 +465,7 @@ func (c *cassette) miss(req *http.Request, k requestKey) (*http.Response, error)
 	if t := tagFrom(req.Context()); t != nil {
 		t.replayErr = &missError{report}
 	}
-	body := report + "\n"
+	body := report // the same text as the test failure
 	return &http.Response{
 		Status:     "502 " + http.StatusText(http.StatusBadGateway),
 		StatusCode: http.StatusBadGateway,

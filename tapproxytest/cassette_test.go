@@ -324,13 +324,13 @@ func TestCassetteMiss(t *testing.T) {
 	ex := exchange(t, srv, 1)
 	assert.Equal(t, http.StatusBadGateway, ex.Response.StatusCode)
 	assert.ErrorIs(t, ex.Err, tapproxytest.ErrReplayMiss)
-	assert.Equal(t, strings.TrimSpace(report), ex.Err.Error())
+	assert.Equal(t, report, ex.Err.Error())
 
 	assert.Empty(t, tb.allErrors(), "the test fails at cleanup, not before")
 	tb.finish()
 	errs := tb.allErrors()
 	require.Len(t, errs, 1)
-	assert.Equal(t, strings.TrimSpace(report), errs[0])
+	assert.Equal(t, report, errs[0], "the same text as the 502's body")
 }
 
 func TestCassetteSecrets(t *testing.T) {
