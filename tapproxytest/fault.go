@@ -529,6 +529,7 @@ var (
 type faultTransport struct {
 	next http.RoundTripper
 	done <-chan struct{} // closed when the server closes
+	rec  *Recorder
 }
 
 func (t *faultTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -610,6 +611,11 @@ func (t *faultTransport) wait(ctx context.Context, d time.Duration) error {
 
 // hold blocks until ctx ends or the server closes.
 func (t *faultTransport) hold(ctx context.Context) error {
+	if tg := tagFrom(ctx); t.rec != nil && tg != nil {
+		// Held until the client gives up: Expect need not wait for it.
+		t.rec.holding(tg, 1)
+		defer t.rec.holding(tg, -1)
+	}
 	select {
 	case <-ctx.Done():
 		return context.Cause(ctx)

@@ -138,6 +138,7 @@ type Recorder struct {
 	arrived int        // requests numbered since the last Reset
 	ended   int        // exchanges recorded since the last Reset
 	dropped int        // the highest Seq dropped to keep the bound
+	held    int        // requests a Hang fault holds
 	gen     int        // bumped by Reset
 	changed chan struct{}
 }
@@ -237,6 +238,19 @@ func readAll(rd io.Reader) []byte {
 	return b.Bytes()
 }
 
+// holding counts requests a Hang fault holds, which end only when their
+// clients give up.
+func (r *Recorder) holding(t *tag, d int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t.gen != r.gen {
+		return // it arrived before a Reset
+	}
+	r.held += d
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
 // Exchanges returns the kept exchanges that have ended, in the order their
 // requests arrived.
 func (r *Recorder) Exchanges() []Exchange {
@@ -259,7 +273,7 @@ func (r *Recorder) Reset() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.kept = nil
-	r.arrived, r.ended, r.dropped = 0, 0, 0
+	r.arrived, r.ended, r.dropped, r.held = 0, 0, 0, 0
 	r.gen++
 	close(r.changed)
 	r.changed = make(chan struct{})

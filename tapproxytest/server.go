@@ -220,7 +220,7 @@ func (s *Server) start(target string, opts []Option) *Server {
 		tapproxy.WithRequestCaptureLimit(c.bodyLimit),
 		// Tests assert what was sent, credentials included.
 		tapproxy.WithUnredactedCredentials(),
-		tapproxy.WithTransport(&faultTransport{next: below, done: s.done}),
+		tapproxy.WithTransport(&faultTransport{next: below, done: s.done, rec: s.Recorder}),
 		tapproxy.WithDirector(s.faultDirector),
 		tapproxy.WithErrorHandler(s.onError),
 		tapproxy.WithObserver(tapproxy.ObserverFunc(s.Recorder.observe)),

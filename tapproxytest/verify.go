@@ -56,10 +56,15 @@ const expectSettle = 5 * time.Second
 // exchange without matchers). The matchers see each exchange's request as
 // recorded: as sent upstream, with its recorded body. A counting matcher
 // ([Nth], [FirstN]) counts among the exchanges the other matchers select,
-// in arrival order. Count does not wait: an exchange appears once it has
-// ended (see [Recorder]). An invalid matcher, and [Probability], which
-// selects only faults, count nothing; [Recorder.Expect] reports them.
+// in arrival order. Like [Recorder.Expect], Count first waits, for up to
+// 5 seconds, for the requests that have reached the proxy to end, so that
+// it counts the calls a client has just made. An invalid matcher, and
+// [Probability], which selects only faults, count nothing; Expect reports
+// them.
 func (r *Recorder) Count(ms ...Matcher) int {
+	ctx, cancel := context.WithTimeout(context.Background(), expectSettle)
+	defer cancel()
+	r.settle(ctx)
 	n, _, err := r.count(ms)
 	if err != nil {
 		return 0
@@ -72,7 +77,8 @@ func (r *Recorder) Count(ms ...Matcher) int {
 // exchange that did arrive. Matchers are as for [Recorder.Count]. It first
 // waits, for up to 5 seconds, for the requests that have reached the proxy
 // to end, because a client may hold its response a moment before the
-// recorder does. A bad t or matcher fails the test too.
+// recorder does; requests that a [Hang] fault holds are not waited for. A
+// bad t or matcher fails the test too.
 func (r *Recorder) Expect(tb TB, t Times, ms ...Matcher) {
 	tb.Helper()
 	if t.err != nil {
@@ -123,7 +129,7 @@ func describe(ms []Matcher) string {
 func (r *Recorder) settle(ctx context.Context) {
 	for {
 		r.mu.Lock()
-		done := r.ended >= r.arrived
+		done := r.ended+r.held >= r.arrived
 		changed := r.changed
 		r.mu.Unlock()
 		if done {

@@ -5,7 +5,9 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -151,4 +153,34 @@ func TestTimesString(t *testing.T) {
 	assert.Equal(t, "no", tapproxytest.Never().String())
 	assert.Equal(t, `Header("X-A", "b")`, tapproxytest.Header("X-A", "b").String())
 	assert.Equal(t, "Probability(0.25)", tapproxytest.Probability(0.25).String())
+}
+
+func TestExpectDoesNotWaitForHang(t *testing.T) {
+	arrived := make(chan struct{})
+	var once sync.Once
+	held := tapproxytest.Match(func(r *http.Request) bool {
+		if r.URL.Path != "/held" {
+			return false
+		}
+		once.Do(func() { close(arrived) })
+		return true
+	})
+	srv := tapproxytest.NewServer(t, text("ok"), tapproxytest.WithFaults(tapproxytest.Hang().On(held)))
+	go func() {
+		req, err := http.NewRequestWithContext(waitCtx(t), http.MethodGet, srv.URL+"/held", nil)
+		if err == nil {
+			if res, err := srv.Client().Do(req); err == nil {
+				res.Body.Close()
+			}
+		}
+	}()
+	send(t, srv, http.MethodGet, "/fine", "")
+	select {
+	case <-arrived:
+	case <-time.After(waitTimeout):
+		t.Fatal("the held request never arrived")
+	}
+	start := time.Now()
+	assert.Equal(t, 1, srv.Recorder.Count())
+	assert.Less(t, time.Since(start), 4*time.Second, "Count did not wait out its bound for the held request")
 }
