@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -789,4 +790,46 @@ func TestModeString(t *testing.T) {
 	assert.Equal(t, "Replay", tapproxytest.Replay.String())
 	assert.Equal(t, "RecordMissing", tapproxytest.RecordMissing.String())
 	assert.Equal(t, "Mode(7)", tapproxytest.Mode(7).String())
+}
+
+func TestCassetteClientThatLeft(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "left.har")
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "part")
+		http.NewResponseController(w).Flush()
+		<-r.Context().Done() // the rest never comes
+	})
+	// leave reads the first bytes, then gives up.
+	leave := func(srv *tapproxytest.Server) string {
+		ctx, cancel := context.WithCancel(waitCtx(t))
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, "GET", srv.URL+"/stream", nil)
+		require.NoError(t, err)
+		res, err := srv.Client().Do(req)
+		require.NoError(t, err)
+		defer res.Body.Close()
+		buf := make([]byte, 4)
+		_, err = io.ReadFull(res.Body, buf)
+		require.NoError(t, err)
+		cancel()
+		return string(buf)
+	}
+	require.Empty(t, recordWith(t, slow, path, func(srv *tapproxytest.Server) {
+		assert.Equal(t, "part", leave(srv))
+		assert.ErrorIs(t, exchange(t, srv, 1).Err, tapproxy.ErrClientGone)
+	}))
+	h, _ := readCassette(t, path)
+	require.Len(t, h.Log.Entries, 1)
+	e := h.Log.Entries[0]
+	require.NotNil(t, e.Error)
+	assert.Equal(t, har.KindClientGone, e.Error.Kind)
+	assert.EqualValues(t, 4, e.Error.BytesDelivered)
+	assert.Equal(t, "part", e.Response.Content.Text)
+
+	// Replayed, the bytes come, then nothing until the client leaves.
+	srv, tb := replayWith(t, path)
+	assert.Equal(t, "part", leave(srv))
+	assert.ErrorIs(t, exchange(t, srv, 1).Err, tapproxy.ErrClientGone)
+	tb.finish()
+	assert.Empty(t, tb.allErrors())
 }
