@@ -972,7 +972,7 @@ func (c *cassette) save(recs []recorded) error {
 		return fmt.Errorf("tapproxytest: cassette %s: %w", c.cfg.path, err)
 	}
 	data = append(data, '\n')
-	if err := writeFile(c.cfg.path, data); err != nil {
+	if err := replaceFile(c.cfg.path, data); err != nil {
 		return fmt.Errorf("tapproxytest: cassette %s: %w", c.cfg.path, err)
 	}
 	return nil
@@ -1017,9 +1017,9 @@ func comparable(entries []har.Entry) []har.Entry {
 	return out
 }
 
-// writeFile writes data to path through a temporary file, so that a test
+// replaceFile writes data to path through a temporary file, so that a test
 // killed halfway leaves the old cassette whole.
-func writeFile(path string, data []byte) error {
+func replaceFile(path string, data []byte) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
