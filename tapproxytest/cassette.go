@@ -121,7 +121,11 @@ type cassetteConfig struct {
 // replayed: recording it fails the test at cleanup (see [WithBodyLimit]),
 // and so does a miss, a request body over the limit, or a file that cannot
 // be written, all through the TB's Errorf. While recording, responses
-// stream to the client as they arrive.
+// stream to the client as they arrive. When a fault or the client stops
+// reading a response early, the cassette reads on, for up to a second, to
+// record the rest; what it cannot read in that time is recorded as a client
+// that left, and replayed as the bytes, then a wait until the client
+// leaves.
 //
 // The file is deterministic: headers are sorted, timestamps and timings are
 // fixed (see [KeepTimings]), and URLs carry the host of the upstream given
