@@ -132,8 +132,12 @@ type cassetteConfig struct {
 // to [NewServerURL], or http://upstream.test for the fake upstream of
 // [NewServer], whose port changes on every run. Entries are in the order
 // their requests reached the proxy. Authorization, Proxy-Authorization,
-// Cookie and Set-Cookie are redacted in the file (and replayed redacted);
-// the test that records still gets the real values. A recording that
+// Cookie and Set-Cookie are redacted in the file (and replayed redacted),
+// and their values, when at least 6 bytes long, are scrubbed from the rest
+// of the entry too: from the URL, other headers and text bodies, such as a
+// response that echoes a token. The test that records still gets the real
+// values, and matching compares live requests scrubbed the same way, so a
+// different live token still matches. A recording that
 // differs from the file only in Date headers and timings leaves the file
 // untouched. A missing directory is created.
 //
@@ -947,7 +951,9 @@ func (c *cassette) save(recs []recorded) error {
 	}
 	for _, r := range recs {
 		e := r.entry
+		secrets := entrySecrets(&e)
 		har.Redact(&e)
+		scrubEntry(&e, secrets)
 		for _, f := range c.cfg.beforeSave {
 			if err := f(&e); err != nil {
 				return fmt.Errorf("tapproxytest: cassette %s: BeforeSave: %w; the file is left as it was", c.cfg.path, err)

@@ -339,16 +339,18 @@ func TestCassetteSecrets(t *testing.T) {
 	const token, cookie, setCookie = "Bearer s3cr3t-token", "sid=s3cr3t-cookie", "session=s3cr3t-set; Path=/; HttpOnly"
 	api := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Set-Cookie", setCookie)
-		if r.Header.Get("Authorization") == token && r.Header.Get("Cookie") == cookie {
-			io.WriteString(w, "welcome")
+		body, _ := io.ReadAll(r.Body)
+		if r.Header.Get("Cookie") == cookie {
+			// An API that echoes what it got, token included.
+			fmt.Fprintf(w, "welcome %s, you sent %s", r.Header.Get("Authorization"), body)
 		}
 	})
 	for _, opts := range [][]tapproxytest.CassetteOption{nil, {tapproxytest.MatchHeaders("authorization")}} {
 		var got seen
 		require.Empty(t, recordWith(t, api, path, func(srv *tapproxytest.Server) {
-			got = call(t, srv.Client(), "GET", srv.URL+"/me", "", http.Header{"Authorization": {token}, "Cookie": {cookie}})
+			got = call(t, srv.Client(), "POST", srv.URL+"/me", `{"token":"s3cr3t-token"}`, http.Header{"Authorization": {token}, "Cookie": {cookie}})
 		}, opts...))
-		assert.Equal(t, "welcome", string(got.Body), "the upstream got the real credentials")
+		assert.Equal(t, `welcome Bearer s3cr3t-token, you sent {"token":"s3cr3t-token"}`, string(got.Body), "the recording test gets the real response")
 		assert.Equal(t, setCookie, got.Header.Get("Set-Cookie"))
 
 		_, file := readCassette(t, path)
@@ -356,8 +358,9 @@ func TestCassetteSecrets(t *testing.T) {
 		assert.Contains(t, file, "Bearer REDACTED")
 
 		srv, tb := replayWith(t, path, opts...)
-		got = call(t, srv.Client(), "GET", srv.URL+"/me", "", http.Header{"Authorization": {"Bearer another-token"}})
+		got = call(t, srv.Client(), "POST", srv.URL+"/me", `{"token":"another-token"}`, http.Header{"Authorization": {"Bearer another-token"}})
 		assert.Equal(t, http.StatusOK, got.Status, "a different live token still matches")
+		assert.Equal(t, `welcome Bearer REDACTED, you sent {"token":"REDACTED"}`, string(got.Body))
 		tb.finish()
 		assert.Empty(t, tb.allErrors())
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 // requestKey is what a cassette matches a request by: the method, the
@@ -68,7 +69,19 @@ func (kr *keyer) key(method string, u *url.URL, h http.Header, body []byte) requ
 	if req.URL == nil {
 		req.URL = &url.URL{}
 	}
-	k := requestKey{method: req.Method, path: req.URL.EscapedPath(), query: kr.query(req.URL.RawQuery), body: canonicalBody(body)}
+	// Scrubbed as the file is, so that a live request with other
+	// credentials matches.
+	secrets := headerSecrets(req.Header)
+	k := requestKey{
+		method: req.Method,
+		path:   scrub(req.URL.EscapedPath(), secrets),
+		query:  scrub(kr.query(req.URL.RawQuery), secrets),
+		body:   canonicalBody(body),
+	}
+	if utf8.Valid(body) {
+		// Only text bodies are scrubbed in the file.
+		k.body = scrub(k.body, secrets)
+	}
 	if len(kr.headers) > 0 {
 		redactRequestHeaders(req.Header)
 		var b strings.Builder
