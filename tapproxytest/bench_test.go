@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -13,7 +14,8 @@ import (
 // BenchmarkServer measures one GET of a 1 KiB body straight from an
 // httptest upstream, and through a Server whose recorder keeps copies and
 // whose fault set selects nothing (so that matching is paid for): the
-// difference is what the shim costs a test per request.
+// difference is what the shim costs a test per request. The record case
+// adds a cassette that records every exchange.
 func BenchmarkServer(b *testing.B) {
 	body := strings.Repeat("x", 1<<10)
 	upstream := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -40,6 +42,11 @@ func BenchmarkServer(b *testing.B) {
 	b.Run("server", func(b *testing.B) {
 		srv := tapproxytest.NewServer(b, upstream,
 			tapproxytest.WithFaults(tapproxytest.Respond(http.StatusTeapot, "").On(tapproxytest.Path("/never"))))
+		run(b, srv.Client(), srv.URL+"/x")
+	})
+	b.Run("record", func(b *testing.B) {
+		srv := tapproxytest.NewServer(b, upstream, tapproxytest.WithCassette(
+			filepath.Join(b.TempDir(), "bench.har"), tapproxytest.WithMode(tapproxytest.Record)))
 		run(b, srv.Client(), srv.URL+"/x")
 	})
 }

@@ -9,15 +9,24 @@
 // the request as sent upstream, with its body; the response as the client
 // got it, with its body and trailers; timings; the error; and the faults
 // applied. [Fault] values inject HTTP-level failures into the requests their
-// matchers select: delays, fixed responses, connection resets, truncated or
-// throttled bodies, dropped trailers and hangs.
+// matchers select: fixed and random delays, fixed responses, connection
+// closes and resets, malformed chunks and garbage, truncated, throttled or
+// dribbled bodies, dropped trailers and hangs. [WithSeed] makes the random
+// ones repeat.
+//
+// [Recorder.Count] and [Recorder.Expect] verify what arrived, with the same
+// matchers. [WithCassette] records the exchanges with a real upstream into a
+// HAR 1.2 file, and replays them offline, below the faults. [WithTLS] and
+// [WithHTTP2] put an HTTPS or HTTP/2 front before gRPC and other h2
+// clients.
 //
 // [Recorder.WriteHAR] exports the recording as a HAR 1.2 file for a
 // browser's network panel, and [WithHAROnFailure] writes one when the test
 // fails; both redact credentials unless [WithUnredactedHAR] is given.
 //
 // The package needs only a [TB], which [testing.TB] satisfies; it uses no
-// assertion library. The server closes itself when the test ends.
+// assertion library. The server closes itself when the test ends, and then
+// writes its cassette and reports cassette misses through Errorf.
 //
 // Quick start: fail a client's first call with 503, then check what it
 // saw and what it sent.

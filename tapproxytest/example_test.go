@@ -8,7 +8,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
 	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
 
 	"github.com/tapproxy/tapproxy"
 	"github.com/tapproxy/tapproxy/tapproxytest"
@@ -21,6 +27,7 @@ type exampleT struct{ cleanups []func() }
 func (t *exampleT) Helper()                           {}
 func (t *exampleT) Cleanup(f func())                  { t.cleanups = append(t.cleanups, f) }
 func (t *exampleT) Log(args ...any)                   {}
+func (t *exampleT) Errorf(format string, args ...any) { fmt.Printf("error: "+format+"\n", args...) }
 func (t *exampleT) Fatalf(format string, args ...any) { panic(fmt.Sprintf(format, args...)) }
 func (t *exampleT) Name() string                      { return "Example" }
 func (t *exampleT) Failed() bool                      { return false }
@@ -206,4 +213,124 @@ func Example_timeout() {
 	// green <nil>
 	// client timed out: true
 	// /slow [delay(1m0s)] true
+}
+
+// Recording a real API once, then replaying it offline: the second run
+// never contacts the API. In a test, the cassette would live under
+// testdata, and ModeFromEnv("TAPPROXY_RECORD") would let one command
+// record it again.
+func Example_cassette() {
+	dir, err := os.MkdirTemp("", "cassettes")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	cassette := filepath.Join(dir, "weather.har")
+
+	// A stand-in for the real API.
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"city":%q,"sky":"clear"}`, r.URL.Query().Get("city"))
+	}))
+
+	forecast := func(srv *tapproxytest.Server) {
+		res, err := srv.Client().Get(srv.URL + "/forecast?city=Oslo")
+		if err != nil {
+			panic(err)
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		fmt.Println(res.StatusCode, string(body))
+	}
+
+	// First run: no cassette yet, so the server records.
+	t := &exampleT{}
+	forecast(tapproxytest.NewServerURL(t, api.URL, tapproxytest.WithCassette(cassette)))
+	t.done() // the end of the test writes the cassette
+
+	api.Close() // offline from here on
+
+	// Second run: the cassette exists, so the server replays it.
+	t = &exampleT{}
+	forecast(tapproxytest.NewServerURL(t, api.URL, tapproxytest.WithCassette(cassette)))
+	t.done()
+	// Output:
+	// 200 {"city":"Oslo","sky":"clear"}
+	// 200 {"city":"Oslo","sky":"clear"}
+}
+
+// Testing a client's retries with a retry library nobody here wrote,
+// hashicorp/go-retryablehttp, against an upstream whose first two
+// connections close before any response byte.
+func Example_retryablehttp() {
+	t := &exampleT{}
+	defer t.done()
+
+	srv := tapproxytest.NewServer(t,
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "done")
+		}),
+		tapproxytest.WithFaults(tapproxytest.CloseConnection().On(tapproxytest.FirstN(2))))
+
+	client := retryablehttp.NewClient()
+	client.HTTPClient = srv.Client()
+	client.RetryMax = 3
+	client.RetryWaitMin, client.RetryWaitMax = time.Millisecond, 10*time.Millisecond
+	client.Logger = nil
+	attempts := 0
+	client.RequestLogHook = func(_ retryablehttp.Logger, _ *http.Request, n int) { attempts = n + 1 }
+
+	res, err := client.Get(srv.URL + "/job")
+	if err != nil {
+		panic(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	fmt.Println(string(body), "after", attempts, "attempts")
+
+	srv.Recorder.Expect(t, tapproxytest.Exactly(3), tapproxytest.Path("/job"))
+	for _, ex := range srv.Recorder.Exchanges() {
+		fmt.Println(ex.Seq, ex.Response.StatusCode, ex.Faults)
+	}
+	// Output:
+	// done after 3 attempts
+	// 1 0 [close-connection]
+	// 2 0 [close-connection]
+	// 3 200 []
+}
+
+// Checking that exactly one POST with a given JSON body reached the
+// upstream, whatever the order of its fields; and what a failed
+// expectation reports.
+func Example_expect() {
+	t := &exampleT{}
+	defer t.done()
+
+	srv := tapproxytest.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusCreated)
+	}))
+	if err := createUser(srv.Client(), srv.URL, "token", "ada"); err != nil {
+		panic(err)
+	}
+
+	jsonBody := func(want string) tapproxytest.Matcher {
+		return tapproxytest.Match(func(r *http.Request) bool {
+			var got, exp any
+			if json.NewDecoder(r.Body).Decode(&got) != nil || json.Unmarshal([]byte(want), &exp) != nil {
+				return false
+			}
+			return reflect.DeepEqual(got, exp)
+		})
+	}
+	srv.Recorder.Expect(t, tapproxytest.Exactly(1),
+		tapproxytest.Method(http.MethodPost), tapproxytest.Path("/v1/users"),
+		jsonBody(`{"admin": false, "name": "ada"}`))
+	fmt.Println("one POST with that body")
+
+	// A failed expectation lists what did arrive (t.Errorf prints it here).
+	srv.Recorder.Expect(t, tapproxytest.Never(), tapproxytest.Method(http.MethodPost))
+	// Output:
+	// one POST with that body
+	// error: tapproxytest: expected no exchanges matching Method("POST"), got 1; the 1 that arrived:
+	// 	#1 POST /v1/users -> 201 body "{\"admin\":false,\"name\":\"ada\"}"
 }

@@ -1,11 +1,12 @@
 package tapproxytest
 
 import (
+	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -18,17 +19,21 @@ import (
 )
 
 // A Fault is an HTTP-level failure that a [Server] injects into the
-// exchanges it selects. Build one with [Delay], [Respond], [ResetAfter],
-// [Truncate], [Throttle], [DropTrailers] or [Hang], narrow it to some
-// requests with [Fault.On], and pass it to [WithFaults] or
-// [Server.SetFaults].
+// exchanges it selects. Build one with [Delay], [DelayUniform],
+// [DelayLogNormal], [Respond], [ResetAfter], [Truncate], [Throttle],
+// [Dribble], [DropTrailers], [Hang], or one of the faults that break the
+// connection itself: [CloseConnection], [ResetConnection], [MalformedChunk]
+// and [Garbage]. Narrow it to some requests with [Fault.On], and pass it to
+// [WithFaults] or [Server.SetFaults].
 //
 // Faults compose: every fault whose matchers select a request applies to
-// it. Delays add up; the first matching [Respond] answers; a [Hang] wins over
-// everything else; of [ResetAfter] and [Truncate], whichever cuts the body
-// first applies, a reset when both cut at the same byte; the slowest
-// [Throttle] paces the body. The [Recorder] lists the faults applied to each
-// exchange in [Exchange.Faults], by name.
+// it. Delays add up; a [Hang] wins over everything else, then the first
+// matching connection fault, then the first matching [Respond]; of
+// [ResetAfter] and [Truncate], whichever cuts the body first applies, a
+// reset when both cut at the same byte; the slowest [Throttle] and the first
+// matching [Dribble] pace the body. The [Recorder] lists the faults applied
+// to each exchange in [Exchange.Faults], by name; a random delay's entry
+// also gives the delay it drew, as in "delay-uniform(10ms,50ms)=23.4ms".
 //
 // A Fault is a value: its methods return changed copies. Counting matchers
 // ([Nth], [FirstN]) count per server, from when the fault was installed.
@@ -37,8 +42,10 @@ import (
 type Fault struct {
 	name     string
 	kind     faultKind
-	n        int64         // byte count or rate, per kind
-	d        time.Duration // for delays
+	n        int64         // byte count, rate or chunk count, per kind
+	d        time.Duration // for delays; the median of a log-normal delay; a dribble's total
+	lo, hi   time.Duration // the bounds of a random delay
+	sigma    float64       // of a log-normal delay
 	status   int
 	body     string
 	matchers []Matcher
@@ -55,7 +62,22 @@ const (
 	kindThrottle
 	kindDropTrailers
 	kindHang
+	kindDelayUniform
+	kindDelayLogNormal
+	kindDribble
+	kindCloseConn
+	kindResetConn
+	kindMalformedChunk
+	kindGarbage
 )
+
+// random reports whether the fault draws from the server's random source.
+func (f Fault) random() bool {
+	if f.kind == kindDelayUniform || f.kind == kindDelayLogNormal || f.kind == kindGarbage {
+		return true
+	}
+	return slices.ContainsFunc(f.matchers, func(m Matcher) bool { return m.prob != nil })
+}
 
 // Delay returns a Fault that holds back the response headers for d: the
 // request goes upstream at once, and the upstream's response is relayed d
@@ -67,6 +89,65 @@ func Delay(d time.Duration) Fault {
 	f := Fault{name: "delay(" + d.String() + ")", kind: kindDelay, d: d}
 	if d < 0 {
 		f.err = fmt.Errorf("tapproxytest: Delay(%v): negative duration", d)
+	}
+	return f
+}
+
+// DelayUniform returns a Fault that, like [Delay], holds back the response
+// headers, for a delay drawn anew for each request, uniformly from lo to
+// hi inclusive. [WithSeed] makes the draws reproducible. The delay drawn is
+// recorded in [Exchange.Faults], after the fault's name and "=". A negative
+// lo, or hi below lo, is an error.
+func DelayUniform(lo, hi time.Duration) Fault {
+	f := Fault{name: "delay-uniform(" + lo.String() + "," + hi.String() + ")", kind: kindDelayUniform, lo: lo, hi: hi}
+	switch {
+	case lo < 0:
+		f.err = fmt.Errorf("tapproxytest: DelayUniform(%v, %v): negative duration", lo, hi)
+	case hi < lo:
+		f.err = fmt.Errorf("tapproxytest: DelayUniform(%v, %v): hi is below lo", lo, hi)
+	}
+	return f
+}
+
+// DelayLogNormal returns a Fault that, like [Delay], holds back the response
+// headers, for a delay drawn anew for each request from a log-normal
+// distribution: median·e^(sigma·Z) for a standard normal Z, the long-tailed
+// shape that real latencies have. A draw above max is drawn again, so no
+// delay exceeds max; with max well above the median, half the delays are
+// below median. sigma 0 always gives median. [WithSeed] makes the draws
+// reproducible. The delay drawn is recorded in [Exchange.Faults], after the
+// fault's name and "=". A negative median or sigma, a sigma that is not a
+// finite number, or max below median is an error.
+func DelayLogNormal(median time.Duration, sigma float64, max time.Duration) Fault {
+	f := Fault{
+		name: "delay-lognormal(" + median.String() + "," + strconv.FormatFloat(sigma, 'g', -1, 64) + "," + max.String() + ")",
+		kind: kindDelayLogNormal, d: median, sigma: sigma, hi: max,
+	}
+	switch {
+	case median < 0:
+		f.err = fmt.Errorf("tapproxytest: DelayLogNormal(%v, %v, %v): negative median", median, sigma, max)
+	case sigma < 0 || math.IsNaN(sigma) || math.IsInf(sigma, 0):
+		f.err = fmt.Errorf("tapproxytest: DelayLogNormal(%v, %v, %v): sigma must be a finite number, at least 0", median, sigma, max)
+	case max < median:
+		f.err = fmt.Errorf("tapproxytest: DelayLogNormal(%v, %v, %v): max is below the median", median, sigma, max)
+	}
+	return f
+}
+
+// Dribble returns a Fault that delivers the response body in chunks pieces
+// of about equal size, total/chunks apart: the first piece right after the
+// headers, and the end of the body total after them. Each piece is flushed
+// on its own, so that a chunked response has one chunk per piece. A body
+// without a declared length is read whole before the first piece goes out,
+// so do not dribble an endless stream. A body shorter than chunks bytes goes
+// out a byte at a time. A chunks below 1, or a negative total, is an error.
+func Dribble(chunks int, total time.Duration) Fault {
+	f := Fault{name: "dribble(" + strconv.Itoa(chunks) + "," + total.String() + ")", kind: kindDribble, n: int64(chunks), d: total}
+	switch {
+	case chunks < 1:
+		f.err = fmt.Errorf("tapproxytest: Dribble(%d, %v): chunks must be at least 1", chunks, total)
+	case total < 0:
+		f.err = fmt.Errorf("tapproxytest: Dribble(%d, %v): negative duration", chunks, total)
 	}
 	return f
 }
@@ -155,7 +236,7 @@ func (f Fault) On(ms ...Matcher) Fault {
 	f.matchers = append(slices.Clip(f.matchers), ms...)
 	for _, m := range ms {
 		err := m.err
-		if err == nil && m.pred == nil && m.from == 0 {
+		if err == nil && m.isZero() {
 			err = errors.New("tapproxytest: zero Matcher; use a constructor such as Path")
 		}
 		if err != nil && f.err == nil {
@@ -183,18 +264,36 @@ func (f Fault) validate() error {
 	return f.err
 }
 
-// A Matcher selects the requests a [Fault] applies to; see [Fault.On].
-// Matchers look at the request as the client sent it to the proxy.
+// A Matcher selects the requests a [Fault] applies to (see [Fault.On]),
+// and the recorded exchanges that [Recorder.Count] and [Recorder.Expect]
+// count. For faults, matchers look at the request as the client sent it to
+// the proxy; for verification, at the request as recorded (see
+// [Exchange.Request]), whose Body then reads the recorded body.
 type Matcher struct {
 	pred     func(*http.Request) bool
-	from, to int64 // a counting matcher selects the from-th to to-th request; 0 if not counting
+	from, to int64    // a counting matcher selects the from-th to to-th request; 0 if not counting
+	prob     *float64 // Probability's share
+	desc     string   // for failure messages
 	err      error
+}
+
+func (m Matcher) isZero() bool { return m.pred == nil && m.from == 0 && m.prob == nil }
+
+// String describes the matcher, as in Method("POST") or Path("/users/*").
+func (m Matcher) String() string {
+	if m.desc == "" {
+		return "Matcher{}"
+	}
+	return m.desc
 }
 
 // Method returns a Matcher that selects requests whose method is one of
 // methods, compared exactly ("GET", not "get").
 func Method(methods ...string) Matcher {
-	return Matcher{pred: func(r *http.Request) bool { return slices.Contains(methods, r.Method) }}
+	return Matcher{
+		pred: func(r *http.Request) bool { return slices.Contains(methods, r.Method) },
+		desc: "Method(" + quoteList(methods) + ")",
+	}
 }
 
 // Path returns a Matcher that selects requests whose URL path matches
@@ -205,7 +304,7 @@ func Path(pattern string) Matcher {
 	m := Matcher{pred: func(r *http.Request) bool {
 		ok, _ := path.Match(pattern, r.URL.Path)
 		return ok
-	}}
+	}, desc: "Path(" + strconv.Quote(pattern) + ")"}
 	if _, err := path.Match(pattern, ""); err != nil {
 		m.err = fmt.Errorf("tapproxytest: Path(%q): %w", pattern, err)
 	}
@@ -215,7 +314,10 @@ func Path(pattern string) Matcher {
 // Header returns a Matcher that selects requests with a header key that has
 // value among its values.
 func Header(key, value string) Matcher {
-	return Matcher{pred: func(r *http.Request) bool { return slices.Contains(r.Header.Values(key), value) }}
+	return Matcher{
+		pred: func(r *http.Request) bool { return slices.Contains(r.Header.Values(key), value) },
+		desc: "Header(" + strconv.Quote(key) + ", " + strconv.Quote(value) + ")",
+	}
 }
 
 // Match returns a Matcher that selects the requests for which pred returns
@@ -225,14 +327,14 @@ func Match(pred func(*http.Request) bool) Matcher {
 	if pred == nil {
 		pred = func(*http.Request) bool { return true }
 	}
-	return Matcher{pred: pred}
+	return Matcher{pred: pred, desc: "Match(func)"}
 }
 
 // Nth returns a Matcher that selects only the n-th request (counting from 1)
 // among those the fault's other matchers select, in the order the requests
 // reached the proxy. An n below 1 is an error.
 func Nth(n int) Matcher {
-	m := Matcher{from: int64(n), to: int64(n)}
+	m := Matcher{from: int64(n), to: int64(n), desc: "Nth(" + strconv.Itoa(n) + ")"}
 	if n < 1 {
 		m.err = fmt.Errorf("tapproxytest: Nth(%d): n must be at least 1", n)
 	}
@@ -244,42 +346,76 @@ func Nth(n int) Matcher {
 // proxy: FirstN(2) fails the first two calls and lets the third through.
 // FirstN(0) selects none. A negative n is an error.
 func FirstN(n int) Matcher {
-	m := Matcher{from: 1, to: int64(n)}
+	m := Matcher{from: 1, to: int64(n), desc: "FirstN(" + strconv.Itoa(n) + ")"}
 	if n < 0 {
 		m.err = fmt.Errorf("tapproxytest: FirstN(%d): n must not be negative", n)
 	}
 	return m
 }
 
-// armedFault is a Fault installed in a server, with its own request count.
+// Probability returns a Matcher that selects each request with probability
+// p, independently, among those the fault's other predicates select: a
+// fault .On(Probability(0.1)) applies to about one request in ten. Each
+// fault draws from its own random source, which [WithSeed] makes
+// reproducible. Probability(0) selects none and Probability(1) all. A p
+// outside [0, 1] is an error. It selects faults only: [Recorder.Count] and
+// [Recorder.Expect] reject it.
+func Probability(p float64) Matcher {
+	m := Matcher{prob: &p, desc: "Probability(" + strconv.FormatFloat(p, 'g', -1, 64) + ")"}
+	if !(p >= 0 && p <= 1) {
+		m.err = fmt.Errorf("tapproxytest: Probability(%v): p must be from 0 to 1", p)
+	}
+	return m
+}
+
+func quoteList(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = strconv.Quote(s)
+	}
+	return strings.Join(q, ", ")
+}
+
+// armedFault is a Fault installed in a server, with its own request count
+// and random source.
 type armedFault struct {
 	Fault
 	counting bool
 	seen     atomic.Int64
+	rnd      *sampler
 }
 
-func arm(faults []Fault) ([]*armedFault, error) {
+// arm validates faults and readies them for a server. Each fault's random
+// source derives from seed, the fault's position and gen, the how-manieth
+// set of faults this is for the server.
+func arm(faults []Fault, seed int64, gen uint64) ([]*armedFault, error) {
 	var errs []error
 	armed := make([]*armedFault, 0, len(faults))
-	for _, f := range faults {
+	for i, f := range faults {
 		if err := f.validate(); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		a := &armedFault{Fault: f}
+		a := &armedFault{Fault: f, rnd: newSampler(seed, gen<<32|uint64(i))}
 		for _, m := range f.matchers {
-			a.counting = a.counting || m.pred == nil
+			a.counting = a.counting || m.from != 0
 		}
 		armed = append(armed, a)
 	}
 	return armed, errors.Join(errs...)
 }
 
-// selects reports whether a applies to r. Predicates come first, so that
-// counting matchers count only the requests the predicates select.
+// selects reports whether a applies to r. Predicates come first, then
+// probabilities, so that counting matchers count only the requests the
+// others select.
 func (a *armedFault) selects(r *http.Request) bool {
 	for _, m := range a.matchers {
 		if m.pred != nil && !m.pred(r) {
+			return false
+		}
+	}
+	for _, m := range a.matchers {
+		if m.prob != nil && !a.rnd.chance(*m.prob) {
 			return false
 		}
 	}
@@ -288,7 +424,7 @@ func (a *armedFault) selects(r *http.Request) bool {
 	}
 	k := a.seen.Add(1)
 	for _, m := range a.matchers {
-		if m.pred == nil && (k < m.from || k > m.to) {
+		if m.from != 0 && (k < m.from || k > m.to) {
 			return false
 		}
 	}
@@ -301,9 +437,12 @@ type plan struct {
 	delay        time.Duration
 	respond      *Fault
 	hang         bool
-	cutAt        int64 // -1: no cut
-	reset        bool  // the cut is a reset, not a truncation
-	rate         int64 // 0: not throttled
+	wire         *armedFault // the connection fault, if any
+	garbage      []byte      // what a Garbage fault sends
+	cutAt        int64       // -1: no cut
+	reset        bool        // the cut is a reset, not a truncation
+	rate         int64       // 0: not throttled
+	dribble      *Fault
 	dropTrailers bool
 }
 
@@ -317,16 +456,32 @@ func newPlan(faults []*armedFault, r *http.Request) *plan {
 		if p == nil {
 			p = &plan{cutAt: -1}
 		}
-		p.names = append(p.names, a.name)
+		name := a.name
 		switch a.kind {
 		case kindDelay:
 			p.delay += a.d
+		case kindDelayUniform, kindDelayLogNormal:
+			var d time.Duration
+			if a.kind == kindDelayUniform {
+				d = a.rnd.uniform(a.lo, a.hi)
+			} else {
+				d = a.rnd.logNormal(a.d, a.sigma, a.hi)
+			}
+			p.delay += d
+			name += "=" + d.String()
 		case kindRespond:
 			if p.respond == nil {
 				p.respond = &a.Fault
 			}
 		case kindHang:
 			p.hang = true
+		case kindCloseConn, kindResetConn, kindMalformedChunk, kindGarbage:
+			if p.wire == nil {
+				p.wire = a
+				if a.kind == kindGarbage {
+					p.garbage = a.rnd.garbage(garbageLen)
+				}
+			}
 		case kindReset:
 			if p.cutAt < 0 || a.n <= p.cutAt {
 				p.cutAt, p.reset = a.n, true
@@ -339,9 +494,14 @@ func newPlan(faults []*armedFault, r *http.Request) *plan {
 			if p.rate == 0 || a.n < p.rate {
 				p.rate = a.n
 			}
+		case kindDribble:
+			if p.dribble == nil {
+				p.dribble = &a.Fault
+			}
 		case kindDropTrailers:
 			p.dropTrailers = true
 		}
+		p.names = append(p.names, name)
 	}
 	return p
 }
@@ -369,6 +529,7 @@ var (
 type faultTransport struct {
 	next http.RoundTripper
 	done <-chan struct{} // closed when the server closes
+	rec  *Recorder
 }
 
 func (t *faultTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -382,15 +543,27 @@ func (t *faultTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		err error
 	)
 	switch {
-	case p.hang || p.respond != nil:
+	case p.hang || p.wire != nil || p.respond != nil:
 		// The upstream is not contacted, but what the client sent is
 		// read so that the recorder sees it.
 		if req.Body != nil {
-			_, _ = io.Copy(io.Discard, req.Body)
+			var rd io.Reader = req.Body
+			if p.wire != nil && !p.hang {
+				// Bounded: a connection fault has to act soon.
+				rd = io.LimitReader(rd, maxDrain)
+			}
+			_, _ = io.Copy(io.Discard, rd)
 			req.Body.Close()
 		}
 		if p.hang {
 			return nil, t.hold(req.Context())
+		}
+		if p.wire != nil {
+			if err := t.wait(req.Context(), p.delay); err != nil {
+				return nil, err
+			}
+			// The server's error handler acts on the connection.
+			return nil, &wireError{kind: p.wire.kind, name: p.wire.name, garbage: p.garbage}
 		}
 		res = fixedResponse(req, p.respond)
 	default:
@@ -405,7 +578,7 @@ func (t *faultTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 	}
-	if res.StatusCode == http.StatusSwitchingProtocols || (p.cutAt < 0 && p.rate == 0 && !p.dropTrailers) {
+	if res.StatusCode == http.StatusSwitchingProtocols || (p.cutAt < 0 && p.rate == 0 && p.dribble == nil && !p.dropTrailers) {
 		// An upgraded connection's body must stay as it is.
 		return res, nil
 	}
@@ -438,6 +611,11 @@ func (t *faultTransport) wait(ctx context.Context, d time.Duration) error {
 
 // hold blocks until ctx ends or the server closes.
 func (t *faultTransport) hold(ctx context.Context) error {
+	if tg := tagFrom(ctx); t.rec != nil && tg != nil {
+		// Held until the client gives up: Expect need not wait for it.
+		t.rec.holding(tg, 1)
+		defer t.rec.holding(tg, -1)
+	}
 	select {
 	case <-ctx.Done():
 		return context.Cause(ctx)
@@ -474,6 +652,11 @@ type faultBody struct {
 	conn  net.Conn
 	start time.Time
 	n     int64 // bytes returned so far
+
+	// For a Dribble fault: the piece size, and the pieces sent so far.
+	piece  int64
+	pieces int64
+	orig   io.ReadCloser // the upstream body, once rc reads a buffered copy
 }
 
 func (b *faultBody) Read(p []byte) (int, error) {
@@ -486,6 +669,12 @@ func (b *faultBody) Read(p []byte) (int, error) {
 	}
 	if plan.rate > 0 {
 		p = p[:min(int64(len(p)), max(plan.rate/10, 1))]
+	}
+	if plan.dribble != nil {
+		var err error
+		if p, err = b.dribble(p); err != nil {
+			return 0, err
+		}
 	}
 	n, err := b.rc.Read(p)
 	b.n += int64(n)
@@ -508,7 +697,40 @@ func (b *faultBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// dribble waits until the next piece of a Dribble fault is due, and limits
+// p to what remains of it. The k-th piece (from 0) is due k·total/chunks
+// after the start, and the end of the body total after it.
+func (b *faultBody) dribble(p []byte) ([]byte, error) {
+	d := b.p.dribble
+	if b.piece == 0 {
+		size := b.res.ContentLength
+		if size < 0 {
+			// Without a declared length, read it all to split it.
+			body, err := io.ReadAll(b.rc)
+			if err != nil {
+				return nil, err
+			}
+			b.orig, b.rc = b.rc, io.NopCloser(bytes.NewReader(body))
+			size = int64(len(body))
+		}
+		b.piece = max((size+d.n-1)/d.n, 1)
+	}
+	if b.n >= b.pieces*b.piece {
+		// Where this piece starts: wait for its turn. Past the last
+		// piece this waits for the end of the body.
+		due := b.start.Add(time.Duration(b.pieces) * d.d / time.Duration(d.n))
+		if err := b.t.wait(b.ctx, time.Until(due)); err != nil {
+			return nil, err
+		}
+		b.pieces++
+	}
+	return p[:min(int64(len(p)), b.pieces*b.piece-b.n)], nil
+}
+
 func (b *faultBody) Close() error {
+	if b.orig != nil {
+		b.orig.Close()
+	}
 	err := b.rc.Close()
 	if b.p.dropTrailers {
 		// Closing may read the trailers into the response.
@@ -525,13 +747,7 @@ func (b *faultBody) cut() error {
 	if !b.p.reset {
 		return errFaultTruncated
 	}
-	c := b.conn
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
-	}
+	setLingerZero(b.conn)
 	return errFaultReset
 }
 

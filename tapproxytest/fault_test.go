@@ -3,6 +3,7 @@ package tapproxytest_test
 import (
 	"context"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -452,6 +453,16 @@ func TestInvalidFaults(t *testing.T) {
 		{"zero matcher", tapproxytest.Hang().On(tapproxytest.Matcher{}), "tapproxytest: zero Matcher"},
 		{"nth zero", tapproxytest.Hang().On(tapproxytest.Nth(0)), "tapproxytest: Nth(0)"},
 		{"negative first n", tapproxytest.Hang().On(tapproxytest.FirstN(-1)), "tapproxytest: FirstN(-1)"},
+		{"negative uniform delay", tapproxytest.DelayUniform(-time.Second, 0), "tapproxytest: DelayUniform(-1s, 0s): negative duration"},
+		{"uniform hi below lo", tapproxytest.DelayUniform(2*time.Second, time.Second), "tapproxytest: DelayUniform(2s, 1s): hi is below lo"},
+		{"negative log-normal median", tapproxytest.DelayLogNormal(-time.Second, 1, time.Second), "tapproxytest: DelayLogNormal(-1s, 1, 1s): negative median"},
+		{"log-normal sigma NaN", tapproxytest.DelayLogNormal(time.Second, math.NaN(), time.Second), "sigma must be a finite number"},
+		{"log-normal negative sigma", tapproxytest.DelayLogNormal(time.Second, -1, time.Second), "sigma must be a finite number"},
+		{"log-normal max below median", tapproxytest.DelayLogNormal(time.Second, 1, time.Millisecond), "max is below the median"},
+		{"dribble no chunks", tapproxytest.Dribble(0, time.Second), "tapproxytest: Dribble(0, 1s): chunks must be at least 1"},
+		{"dribble negative total", tapproxytest.Dribble(2, -time.Second), "tapproxytest: Dribble(2, -1s): negative duration"},
+		{"probability above 1", tapproxytest.Hang().On(tapproxytest.Probability(1.5)), "tapproxytest: Probability(1.5): p must be from 0 to 1"},
+		{"probability NaN", tapproxytest.Hang().On(tapproxytest.Probability(math.NaN())), "tapproxytest: Probability(NaN)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -481,4 +492,11 @@ func TestInvalidFaults(t *testing.T) {
 func TestFaultString(t *testing.T) {
 	assert.Equal(t, "throttle(10B/s)", tapproxytest.Throttle(10).String())
 	assert.Equal(t, "mine", tapproxytest.Hang().Named("mine").String())
+	assert.Equal(t, "delay-uniform(10ms,50ms)", tapproxytest.DelayUniform(10*time.Millisecond, 50*time.Millisecond).String())
+	assert.Equal(t, "delay-lognormal(10ms,0.5,1s)", tapproxytest.DelayLogNormal(10*time.Millisecond, 0.5, time.Second).String())
+	assert.Equal(t, "dribble(4,1s)", tapproxytest.Dribble(4, time.Second).String())
+	assert.Equal(t, "close-connection", tapproxytest.CloseConnection().String())
+	assert.Equal(t, "reset-connection", tapproxytest.ResetConnection().String())
+	assert.Equal(t, "malformed-chunk", tapproxytest.MalformedChunk().String())
+	assert.Equal(t, "garbage", tapproxytest.Garbage().String())
 }

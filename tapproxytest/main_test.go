@@ -66,6 +66,7 @@ type fakeTB struct {
 	name     string
 	failed   bool
 	logs     []string
+	errors   []string
 	fatals   []string
 	cleanups []func()
 }
@@ -79,7 +80,7 @@ func (f *fakeTB) Name() string {
 func (f *fakeTB) Failed() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.failed || len(f.fatals) > 0
+	return f.failed || len(f.errors) > 0 || len(f.fatals) > 0
 }
 
 // fail marks the test failed, as t.Error does.
@@ -101,6 +102,18 @@ func (f *fakeTB) Log(args ...any) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.logs = append(f.logs, fmt.Sprint(args...))
+}
+
+func (f *fakeTB) Errorf(format string, args ...any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.errors = append(f.errors, fmt.Sprintf(format, args...))
+}
+
+func (f *fakeTB) allErrors() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.errors...)
 }
 
 func (f *fakeTB) Fatalf(format string, args ...any) {

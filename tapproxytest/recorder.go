@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,12 +55,22 @@ type Exchange struct {
 	Err error
 
 	// Faults names the faults applied to this exchange, in the order they
-	// were given (see [Fault.Named]).
+	// were given (see [Fault.Named]). The entry of a random delay
+	// ([DelayUniform], [DelayLogNormal]) adds "=" and the delay drawn, as
+	// in "delay-uniform(10ms,50ms)=23.4ms"; [Exchange.HasFault] matches it
+	// by name.
 	Faults []string
 }
 
-// HasFault reports whether the fault called name was applied to ex.
-func (ex Exchange) HasFault(name string) bool { return slices.Contains(ex.Faults, name) }
+// HasFault reports whether the fault called name was applied to ex. A
+// random delay's entry, such as "delay-uniform(10ms,50ms)=23.4ms", matches
+// its name without the delay drawn.
+func (ex Exchange) HasFault(name string) bool {
+	return slices.ContainsFunc(ex.Faults, func(f string) bool {
+		rest, ok := strings.CutPrefix(f, name)
+		return ok && (rest == "" || rest[0] == '=')
+	})
+}
 
 // Request is the recorded request of an [Exchange].
 type Request struct {
@@ -127,6 +138,7 @@ type Recorder struct {
 	arrived int        // requests numbered since the last Reset
 	ended   int        // exchanges recorded since the last Reset
 	dropped int        // the highest Seq dropped to keep the bound
+	held    int        // requests a Hang fault holds
 	gen     int        // bumped by Reset
 	changed chan struct{}
 
@@ -160,6 +172,9 @@ func (r *Recorder) observe(ctx context.Context, ex *tapproxy.Exchange) {
 	}
 	if t.plan != nil {
 		rec.Faults = slices.Clone(t.plan.names)
+	}
+	if t.replayErr != nil {
+		rec.Err = t.replayErr
 	}
 	if req := ex.Request; req != nil {
 		u := *req.URL
@@ -225,6 +240,19 @@ func readAll(rd io.Reader) []byte {
 	return b.Bytes()
 }
 
+// holding counts requests a Hang fault holds, which end only when their
+// clients give up.
+func (r *Recorder) holding(t *tag, d int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t.gen != r.gen {
+		return // it arrived before a Reset
+	}
+	r.held += d
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
 // Exchanges returns the kept exchanges that have ended, in the order their
 // requests arrived.
 func (r *Recorder) Exchanges() []Exchange {
@@ -247,7 +275,7 @@ func (r *Recorder) Reset() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.kept = nil
-	r.arrived, r.ended, r.dropped = 0, 0, 0
+	r.arrived, r.ended, r.dropped, r.held = 0, 0, 0, 0
 	r.gen++
 	close(r.changed)
 	r.changed = make(chan struct{})

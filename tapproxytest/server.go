@@ -3,10 +3,12 @@ package tapproxytest
 import (
 	"context"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -15,11 +17,14 @@ import (
 
 // TB is the part of [testing.TB] that a [Server] uses: *testing.T,
 // *testing.B, *testing.F and any testing.TB satisfy it, and so do the
-// handles of other test frameworks, such as Ginkgo's GinkgoT().
+// handles of other test frameworks, such as Ginkgo's GinkgoT(). Errorf
+// reports what fails a test without stopping it, such as a [Recorder.Expect]
+// that did not hold; Fatalf reports bad options.
 type TB interface {
 	Helper()
 	Cleanup(func())
 	Log(args ...any)
+	Errorf(format string, args ...any)
 	Fatalf(format string, args ...any)
 	Name() string
 	Failed() bool
@@ -45,6 +50,10 @@ type config struct {
 	bodyLimit    int64
 	transport    http.RoundTripper
 	proxyOpts    []tapproxy.Option
+	seed         int64
+	seeded       bool
+	tls, http2   bool
+	cassette     *cassetteConfig
 
 	harDir         string // written to when the test fails, if set
 	harCredentials bool   // keep credentials in HAR files
@@ -90,8 +99,10 @@ func WithTransport(rt http.RoundTripper) Option {
 // they win where they conflict: the server sets [tapproxy.WithFlushInterval]
 // to -1 (flush after every write, so that clients see injected faults at
 // once), the capture limits to the body limit, and its own logger and
-// transport. Giving [tapproxy.WithTransport] here bypasses the faults; use
-// [WithTransport] instead. Repeated use accumulates. Nils are skipped.
+// transport. Giving [tapproxy.WithTransport] here bypasses the faults and
+// any cassette; use [WithTransport] instead. Giving [tapproxy.WithErrorHandler] replaces the
+// server's own, which carries out the faults that break connections (see
+// [CloseConnection]). Repeated use accumulates. Nils are skipped.
 //
 // Unlike a plain proxy, a Server records credential headers
 // (Authorization, Cookie, Set-Cookie) as they were sent, with
@@ -121,7 +132,10 @@ type Server struct {
 	upstream  *httptest.Server // nil for a real upstream
 	transport http.RoundTripper
 	faults    atomic.Pointer[[]*armedFault]
+	seed      int64
+	faultGen  atomic.Uint64 // bumped by SetFaults, for fresh random sources
 	done      chan struct{}
+	cassette  *cassette // nil without WithCassette
 	closeOnce sync.Once
 	closed    atomic.Bool
 }
@@ -175,11 +189,18 @@ func (s *Server) start(target string, opts []Option) *Server {
 	if err != nil {
 		return fail("tapproxytest: upstream URL: %v", err)
 	}
-	faults, err := arm(c.faults)
+	s.seed = c.seed
+	if !c.seeded {
+		s.seed = rand.Int64()
+	}
+	faults, err := arm(c.faults, s.seed, 0)
 	if err != nil {
 		return fail("%v", err)
 	}
 	s.faults.Store(&faults)
+	if !c.seeded {
+		s.logSeed(faults)
+	}
 
 	s.done = make(chan struct{})
 	s.Recorder = newRecorder(c.maxExchanges)
@@ -188,6 +209,16 @@ func (s *Server) start(target string, opts []Option) *Server {
 	if s.transport == nil {
 		s.transport = tapproxy.NewTransport()
 	}
+	// The cassette sits below the faults, so that it records what the
+	// upstream said, and faults apply to what it replays.
+	below := s.transport
+	if c.cassette != nil {
+		cs, err := newCassette(c.cassette, c.bodyLimit, s.upstream != nil, s.transport, s.done)
+		if err != nil {
+			return fail("%v", err)
+		}
+		s.cassette, below = cs, cs
+	}
 	popts := append([]tapproxy.Option{
 		tapproxy.WithLogger(s.logger()),
 		tapproxy.WithFlushInterval(-1),
@@ -195,8 +226,9 @@ func (s *Server) start(target string, opts []Option) *Server {
 		tapproxy.WithRequestCaptureLimit(c.bodyLimit),
 		// Tests assert what was sent, credentials included.
 		tapproxy.WithUnredactedCredentials(),
-		tapproxy.WithTransport(&faultTransport{next: s.transport, done: s.done}),
+		tapproxy.WithTransport(&faultTransport{next: below, done: s.done, rec: s.Recorder}),
 		tapproxy.WithDirector(s.faultDirector),
+		tapproxy.WithErrorHandler(s.onError),
 		tapproxy.WithObserver(tapproxy.ObserverFunc(s.Recorder.observe)),
 	}, c.proxyOpts...)
 	p, err := tapproxy.New(u, popts...)
@@ -208,15 +240,21 @@ func (s *Server) start(target string, opts []Option) *Server {
 	s.front = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Number the request as it arrives; the proxy's hooks and the
 		// recorder find its tag in the context.
-		ctx := context.WithValue(r.Context(), tagKey{}, s.Recorder.arrive())
+		t := s.Recorder.arrive()
+		ctx := context.WithValue(r.Context(), tagKey{}, t)
 		p.ServeHTTP(w, r.WithContext(ctx))
+		if t.abort {
+			// A connection fault on a connection that cannot be
+			// taken over: reset the stream.
+			panic(http.ErrAbortHandler)
+		}
 	}))
 	s.front.Config.ErrorLog = slog.NewLogLogger(s.logger().Handler(), slog.LevelError)
 	s.front.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		// A ResetAfter fault resets the connection it finds here.
 		return context.WithValue(ctx, connKey{}, c)
 	}
-	s.front.Start()
+	s.startFront(c)
 	s.URL = s.front.URL
 	s.UpstreamURL = u.String()
 	if dir := c.harDir; dir != "" {
@@ -229,8 +267,9 @@ func (s *Server) start(target string, opts []Option) *Server {
 }
 
 // Client returns an HTTP client for the proxy, whose idle connections are
-// closed with the server. It has no timeout; set one on a copy, or use
-// request contexts, to test how code under test gives up.
+// closed with the server; with [WithTLS] it trusts the front's certificate,
+// and with [WithHTTP2] it speaks HTTP/2. It has no timeout; set one on a
+// copy, or use request contexts, to test how code under test gives up.
 func (s *Server) Client() *http.Client { return s.front.Client() }
 
 // SetFaults replaces the faults the server injects, for the requests that
@@ -238,7 +277,7 @@ func (s *Server) Client() *http.Client { return s.front.Client() }
 // fault fails the test through tb.Fatalf, leaving the faults as they were.
 func (s *Server) SetFaults(f ...Fault) {
 	s.tb.Helper()
-	faults, err := arm(f)
+	faults, err := arm(f, s.seed, s.faultGen.Add(1))
 	if err != nil {
 		s.tb.Fatalf("%v", err)
 		return
@@ -246,9 +285,23 @@ func (s *Server) SetFaults(f ...Fault) {
 	s.faults.Store(&faults)
 }
 
+// logSeed logs the random seed when some fault makes random choices, so
+// that a failing run can be repeated with WithSeed.
+func (s *Server) logSeed(faults []*armedFault) {
+	for _, a := range faults {
+		if a.random() {
+			s.tb.Log("tapproxytest: random faults use seed " + strconv.FormatInt(s.seed, 10) +
+				"; WithSeed(" + strconv.FormatInt(s.seed, 10) + ") repeats them")
+			return
+		}
+	}
+}
+
 // Close releases requests held by faults, shuts the proxy down and waits for
-// its requests to finish, then shuts down the fake upstream, if any. It is
-// called when the test ends; calling it again does nothing.
+// its requests to finish, then shuts down the fake upstream, if any. With
+// [WithCassette] it then writes the cassette, and reports through the TB's
+// Errorf what kept exchanges from being replayed or recorded, such as
+// misses. It is called when the test ends; calling it again does nothing.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.done)
@@ -260,6 +313,9 @@ func (s *Server) Close() {
 		if s.upstream != nil {
 			s.upstream.Close()
 		}
+		if s.cassette != nil {
+			s.cassette.finish(s.tb)
+		}
 		s.closed.Store(true)
 	})
 }
@@ -267,8 +323,10 @@ func (s *Server) Close() {
 // tag is what the server knows of one request across the proxy's hooks:
 // its number in the recording and the faults chosen for it.
 type tag struct {
-	seq, gen int
-	plan     *plan // set by the fault director
+	seq, gen  int
+	plan      *plan // set by the fault director
+	replayErr error // set by a cassette that had no entry for the request
+	abort     bool  // set by a connection fault that could not take the connection over
 }
 
 type tagKey struct{}
