@@ -236,3 +236,10 @@ func repoRoot(tb testing.TB) string {
 	require.NoError(tb, err)
 	return dir
 }
+
+func readFile(tb testing.TB, name string) string {
+	tb.Helper()
+	b, err := os.ReadFile(name)
+	require.NoError(tb, err)
+	return string(b)
+}

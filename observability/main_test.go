@@ -1,7 +1,6 @@
 package observability_test
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
@@ -9,13 +8,8 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
-	removeExampleBinary()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		removeExampleBinary()
+		os.Exit(code)
+	}))
 }
