@@ -5,12 +5,13 @@ import (
 	"encoding/json"
 	"flag"
 	"os"
+	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
 )
 
 // update rewrites the dashboard in canonical form, say after exporting it
@@ -151,10 +152,37 @@ func TestDashboardStructure(t *testing.T) {
 }
 
 func TestDashboardProvisioning(t *testing.T) {
-	ds, err := os.ReadFile(datasourceFile)
-	require.NoError(t, err)
-	assert.Contains(t, string(ds), "type: prometheus")
-	provider, err := os.ReadFile(providerFile)
-	require.NoError(t, err)
-	assert.True(t, strings.Contains(string(provider), "path: ${TAPPROXY_DASHBOARDS}"), "the provider loads the directory TAPPROXY_DASHBOARDS names")
+	var ds struct {
+		APIVersion  int `yaml:"apiVersion"`
+		Datasources []struct {
+			Type, URL string
+			UID       string `yaml:"uid"`
+			IsDefault bool   `yaml:"isDefault"`
+		} `yaml:"datasources"`
+	}
+	require.NoError(t, yaml.Unmarshal([]byte(readFile(t, datasourceFile)), &ds))
+	assert.Equal(t, 1, ds.APIVersion)
+	require.Len(t, ds.Datasources, 1)
+	assert.Equal(t, "prometheus", ds.Datasources[0].Type)
+	assert.True(t, ds.Datasources[0].IsDefault, "the dashboard's datasource variable picks the default")
+	// The Prometheus of prometheus.yml's instructions.
+	assert.Equal(t, "http://localhost:9091", ds.Datasources[0].URL)
+	assert.Contains(t, readFile(t, promConfigFile), "--web.listen-address=localhost:9091")
+
+	var prov struct {
+		APIVersion int `yaml:"apiVersion"`
+		Providers  []struct {
+			Type    string `yaml:"type"`
+			Options struct {
+				Path string `yaml:"path"`
+			} `yaml:"options"`
+		} `yaml:"providers"`
+	}
+	require.NoError(t, yaml.Unmarshal([]byte(readFile(t, providerFile)), &prov))
+	assert.Equal(t, 1, prov.APIVersion)
+	require.Len(t, prov.Providers, 1)
+	assert.Equal(t, "file", prov.Providers[0].Type)
+	assert.Equal(t, "${TAPPROXY_DASHBOARDS}", prov.Providers[0].Options.Path,
+		"the provider loads the directory TAPPROXY_DASHBOARDS names, as the README says")
+	assert.Contains(t, readFile(t, filepath.Join(repoRoot(t), "README.md")), "TAPPROXY_DASHBOARDS=")
 }

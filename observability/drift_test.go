@@ -184,6 +184,7 @@ func TestQueriesMatchTheMetrics(t *testing.T) {
 	}
 
 	queries := append(d.panelQueries(), rf.ruleQueries()...)
+	queries = append(queries, readmeQueries(t)...)
 	for _, vq := range d.variableQueries(t) {
 		if vq.selector != "" {
 			queries = append(queries, query{where: "variable " + vq.name, expr: vq.selector})

@@ -243,3 +243,17 @@ func readFile(tb testing.TB, name string) string {
 	require.NoError(tb, err)
 	return string(b)
 }
+
+// promqlBlock is a ```promql code block of the README.
+var promqlBlock = regexp.MustCompile("(?s)```promql\n(.*?)\n```")
+
+// readmeQueries are the PromQL queries the README shows.
+func readmeQueries(tb testing.TB) []query {
+	tb.Helper()
+	var qs []query
+	for i, m := range promqlBlock.FindAllStringSubmatch(readFile(tb, filepath.Join(repoRoot(tb), "README.md")), -1) {
+		qs = append(qs, query{where: "README query " + string(rune('1'+i)), expr: m[1]})
+	}
+	require.GreaterOrEqual(tb, len(qs), 2, "the README shows the two queries people use most")
+	return qs
+}

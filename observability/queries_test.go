@@ -142,6 +142,12 @@ func TestPanelQueriesAgainstPrometheus(t *testing.T) {
 		assert.Contains(t, got, "/api/orders/{id}")
 	})
 
+	t.Run("the README's queries", func(t *testing.T) {
+		for _, q := range readmeQueries(t) {
+			assert.NotEmpty(t, instantQuery(t, client, promURL, q.expr), q.expr)
+		}
+	})
+
 	// The rules loaded and ran: the recorded series exist.
 	t.Run("recording rules", func(t *testing.T) {
 		rf := loadRules(t)
