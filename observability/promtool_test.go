@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
 )
 
 // promtool runs promtool with args, its input on stdin, and returns its
@@ -50,18 +51,43 @@ func TestRulesWithPromtool(t *testing.T) {
 }
 
 // TestRulesTestsCoverEveryAlert keeps rules_test.yml honest: every alert
-// of rules.yml is expected to fire in some test.
+// of rules.yml is expected to fire in some test and to stay silent in
+// another.
 func TestRulesTestsCoverEveryAlert(t *testing.T) {
-	tests := readFile(t, rulesTestFile)
+	var tests struct {
+		RuleFiles []string `yaml:"rule_files"`
+		Tests     []struct {
+			Name      string `yaml:"name"`
+			AlertTest []struct {
+				Alertname string `yaml:"alertname"`
+				ExpAlerts []any  `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	require.NoError(t, yaml.Unmarshal([]byte(readFile(t, rulesTestFile)), &tests))
+	require.Equal(t, []string{"rules.yml"}, tests.RuleFiles)
+	fires, silent := map[string]bool{}, map[string]bool{}
+	for _, tc := range tests.Tests {
+		for _, at := range tc.AlertTest {
+			if len(at.ExpAlerts) > 0 {
+				fires[at.Alertname] = true
+			} else {
+				silent[at.Alertname] = true
+			}
+		}
+	}
+	alerts := 0
 	for _, g := range loadRules(t).Groups {
 		for _, r := range g.Rules {
 			if r.Alert == "" {
 				continue
 			}
-			fires := strings.Contains(tests, "alertname: "+r.Alert+"\n        exp_alerts:\n          - ")
-			assert.True(t, fires, "no test in %s expects %s to fire", rulesTestFile, r.Alert)
+			alerts++
+			assert.True(t, fires[r.Alert], "no test in %s expects %s to fire", rulesTestFile, r.Alert)
+			assert.True(t, silent[r.Alert], "no test in %s expects %s to stay silent", rulesTestFile, r.Alert)
 		}
 	}
+	assert.Equal(t, 6, alerts)
 }
 
 // TestExampleMetricsPassPromtool runs promtool check metrics on the
