@@ -23,9 +23,25 @@ import (
 //go:embed orders.json
 var ordersJSON []byte
 
+// demoIndex is what the demo API answers at /: its endpoints, so that a
+// first curl shows where to go.
+const demoIndex = `tapproxy demo API, behind the proxy. Endpoints:
+  GET /api/orders        all orders, as JSON
+  GET /api/orders/{id}   one order (1001 to 1005); any other id is a 404
+  GET /api/health        {"status":"ok"}
+  GET /api/flaky         fails with 503 every third call
+  GET /api/slow          answers after 2s: a latency, or a client that gives up
+  GET /api/broken        closes the connection unanswered: an upstream failure
+  GET /api/export        a large JSON list, longer than the capture limit
+Metrics are at /metrics on the metrics port.
+`
+
+// slowDelay is how long /api/slow takes to answer.
+const slowDelay = 2 * time.Second
+
 // newDemoAPI returns the embedded upstream: a small JSON API over a fixed
-// list of orders, with one endpoint that fails every third call so that
-// errors show in the metrics too.
+// list of orders, with one endpoint that fails every third call and a few
+// that fail in other ways, so that errors show in the metrics too.
 func newDemoAPI() (*http.ServeMux, error) {
 	var orders []json.RawMessage
 	if err := json.Unmarshal(ordersJSON, &orders); err != nil {
@@ -69,7 +85,51 @@ func newDemoAPI() (*http.ServeMux, error) {
 		}
 		writeJSON(w, http.StatusOK, []byte(`{"status":"ok"}`))
 	})
+	mux.HandleFunc("GET /api/slow", func(w http.ResponseWriter, r *http.Request) {
+		t := time.NewTimer(slowDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			writeJSON(w, http.StatusOK, []byte(`{"status":"ok"}`))
+		case <-r.Context().Done():
+		}
+	})
+	mux.HandleFunc("GET /api/broken", func(w http.ResponseWriter, r *http.Request) {
+		// Closing the connection without a response is the failure a
+		// crashing upstream produces; the proxy answers 502 for it.
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			panic(http.ErrAbortHandler)
+		}
+		conn.Close()
+	})
+	export := exportJSON()
+	mux.HandleFunc("GET /api/export", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, export)
+	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, demoIndex)
+	})
 	return mux, nil
+}
+
+// exportJSON is the body of /api/export: 4096 generated orders, about
+// 200 KiB, more than the proxy's default capture limit of 64 KiB, so that
+// the capture is truncated (and the orders observer, which needs whole
+// bodies, leaves it alone).
+func exportJSON() []byte {
+	statuses := []string{"paid", "pending", "shipped", "cancelled"}
+	var b bytes.Buffer
+	b.WriteByte('[')
+	for i := range 4096 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"id":"e%05d","status":%q,"total":%d.%02d}`, i, statuses[i%len(statuses)], 10+i%90, i%100)
+	}
+	b.WriteByte(']')
+	return b.Bytes()
 }
 
 // routeOf names a request's route by the pattern of mux it matches, such as
@@ -79,7 +139,8 @@ func routeOf(mux *http.ServeMux) func(*http.Request) string {
 	return func(r *http.Request) string {
 		_, pattern := mux.Handler(r)
 		if i := strings.IndexByte(pattern, '/'); i >= 0 {
-			return pattern[i:] // without the method and host
+			// Without the method and host, and "/" for "/{$}".
+			return strings.TrimSuffix(pattern[i:], "{$}")
 		}
 		return ""
 	}

@@ -17,6 +17,10 @@
 //	-metrics-port N  the port of /metrics (default 9090)
 //	-demo N          send N requests through the proxy, print the metrics
 //	                 they produced, and exit
+//	-host HOST       listen on this host only, such as 127.0.0.1 (default
+//	                 every interface)
+//	-faults          let requests set off the proxy's own failure paths, so
+//	                 that every dashboard panel can show data (see faults.go)
 //	-har             keep the recent exchanges (the last 1000, bodies up to
 //	                 64 MiB in all) and serve them as a HAR file at /har on
 //	                 the metrics port; DELETE /har clears them
@@ -97,7 +101,9 @@ type config struct {
 	port        int
 	metricsPort int
 	demo        int
-	har         bool // record exchanges and serve them at /har
+	har         bool   // record exchanges and serve them at /har
+	host        string // "": listenHost
+	faults      bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -112,6 +118,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.metricsPort, "metrics-port", 9090, "the `port` that serves /metrics")
 	fs.IntVar(&c.demo, "demo", 0, "send `N` requests through the proxy, print the metrics they produced, and exit")
 	fs.BoolVar(&c.har, "har", false, "keep the recent exchanges and serve them as a HAR file at /har on the metrics port")
+	fs.StringVar(&c.host, "host", "", "listen on this `host` only (default every interface)")
+	fs.BoolVar(&c.faults, "faults", false, "let requests with header "+faultHeader+" set off the proxy's failure paths")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
@@ -158,7 +166,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "Proxying %s to %s.\n", a.proxyURL, a.target)
 	if cfg.target == nil {
-		fmt.Fprintf(stdout, "Try:\n  curl %[1]s/api/orders\n  curl %[1]s/api/orders/1001\n  curl %[1]s/api/flaky\n", a.proxyURL)
+		fmt.Fprintf(stdout, "Try:\n  curl %[1]s/\n  curl %[1]s/api/orders\n  curl %[1]s/api/orders/1001\n  curl %[1]s/api/flaky\n", a.proxyURL)
 	} else {
 		fmt.Fprintf(stdout, "Try:\n  curl %s/\n", a.proxyURL)
 	}
@@ -178,6 +186,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // there is no -target-url.
 type app struct {
 	proxy, metrics, upstream *http.Server
+	tp                       *tapproxy.Proxy
 	proxyURL, metricsURL     string
 	target                   string
 	mp                       *sdkmetric.MeterProvider
@@ -188,11 +197,14 @@ type app struct {
 // start listens on the configured ports and serves. A port it cannot listen
 // on is a usage error.
 func start(cfg config, logger *slog.Logger) (*app, error) {
-	pl, err := net.Listen("tcp", net.JoinHostPort(listenHost, strconv.Itoa(cfg.port)))
+	if cfg.host == "" {
+		cfg.host = listenHost
+	}
+	pl, err := net.Listen("tcp", net.JoinHostPort(cfg.host, strconv.Itoa(cfg.port)))
 	if err != nil {
 		return nil, usagef("-port %d: %w", cfg.port, err)
 	}
-	ml, err := net.Listen("tcp", net.JoinHostPort(listenHost, strconv.Itoa(cfg.metricsPort)))
+	ml, err := net.Listen("tcp", net.JoinHostPort(cfg.host, strconv.Itoa(cfg.metricsPort)))
 	if err != nil {
 		pl.Close()
 		return nil, usagef("-metrics-port %d: %w", cfg.metricsPort, err)
@@ -240,6 +252,9 @@ func start(cfg config, logger *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.faults {
+		opts = append(opts, faultOptions()...)
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	if cfg.har {
@@ -258,8 +273,9 @@ func start(cfg config, logger *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
+	a.tp = proxy
 	a.proxy, a.metrics = newServer(proxy, logger), newServer(mux, logger)
-	a.proxyURL, a.metricsURL = baseURL(pl.Addr()), baseURL(ml.Addr())
+	a.proxyURL, a.metricsURL = baseURL(cfg.host, pl.Addr()), baseURL(cfg.host, ml.Addr())
 	go a.serve(a.proxy, pl)
 	go a.serve(a.metrics, ml)
 	ok = true
@@ -281,8 +297,7 @@ func (a *app) serve(srv *http.Server, l net.Listener) {
 }
 
 // baseURL is the URL to tell users for a listener's address.
-func baseURL(addr net.Addr) string {
-	host := listenHost
+func baseURL(host string, addr net.Addr) string {
 	if host == "" {
 		host = "localhost"
 	}
@@ -299,6 +314,9 @@ func (a *app) close() {
 		if srv != nil {
 			_ = srv.Shutdown(ctx)
 		}
+	}
+	if a.tp != nil {
+		_ = a.tp.Shutdown(ctx) // observers still queued with -faults
 	}
 	if a.mp != nil {
 		_ = a.mp.Shutdown(ctx)
@@ -322,6 +340,9 @@ func (a *app) demo(ctx context.Context, cfg config, stdout io.Writer) error {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := a.proxy.Shutdown(sctx); err != nil {
+		return err
+	}
+	if err := a.tp.Shutdown(sctx); err != nil {
 		return err
 	}
 	var rm metricdata.ResourceMetrics
