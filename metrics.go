@@ -54,64 +54,6 @@ const (
 	observerKey = attribute.Key("tapproxy.observer.index")
 )
 
-// The error.type values for the kinds of failure. A client that went away has
-// its own, so that alerts on upstream failures can leave it out.
-const (
-	errorTypeUnavailable = "upstream_unavailable"
-	errorTypeTimeout     = "upstream_timeout"
-	errorTypeReset       = "upstream_reset"
-	errorTypeMalformed   = "upstream_malformed"
-	errorTypeClientGone  = "client_gone"
-	errorTypeOther       = "_OTHER"
-)
-
-// ErrorType returns the error.type value of the error's kind, so that
-// [semconv.ErrorType] agrees with the proxy's metrics.
-func (e *kindError) ErrorType() string { return errorTypeNames[errKindOf(e)] }
-
-// errKind numbers the error.type values, so that attribute cache keys stay
-// small.
-type errKind uint8
-
-const (
-	errNone errKind = iota
-	errUnavailable
-	errTimeout
-	errReset
-	errMalformed
-	errClientGone
-	errOther
-)
-
-var errorTypeNames = [...]string{
-	errNone:        "",
-	errUnavailable: errorTypeUnavailable,
-	errTimeout:     errorTypeTimeout,
-	errReset:       errorTypeReset,
-	errMalformed:   errorTypeMalformed,
-	errClientGone:  errorTypeClientGone,
-	errOther:       errorTypeOther,
-}
-
-func errKindOf(err error) errKind {
-	if err == nil {
-		return errNone
-	}
-	switch kindOf(err) {
-	case ErrUpstreamUnavailable:
-		return errUnavailable
-	case ErrUpstreamTimeout:
-		return errTimeout
-	case ErrUpstreamReset:
-		return errReset
-	case ErrUpstreamMalformed:
-		return errMalformed
-	case ErrClientGone:
-		return errClientGone
-	}
-	return errOther
-}
-
 // knownMethods are the methods the conventions name; others are recorded as
 // _OTHER, so that a client cannot blow up the number of series.
 var knownMethods = [...]string{
@@ -464,7 +406,7 @@ func buildServer(k serverKey) []metric.RecordOption {
 	}
 	switch {
 	case k.err != errNone:
-		kv = append(kv, semconv.ErrorTypeKey.String(errorTypeNames[k.err]))
+		kv = append(kv, semconv.ErrorTypeKey.String(errorKinds[k.err].name))
 	case k.status >= 500:
 		// A server's 5xx is its error; a 4xx is the client's.
 		kv = append(kv, semconv.ErrorTypeKey.String(strconv.Itoa(k.status)))
@@ -504,7 +446,7 @@ func buildClient(k clientKey) clientOptions {
 	headers := []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(kv...))}
 	switch {
 	case k.err != errNone:
-		kv = append(kv, semconv.ErrorTypeKey.String(errorTypeNames[k.err]))
+		kv = append(kv, semconv.ErrorTypeKey.String(errorKinds[k.err].name))
 	case k.status >= 400:
 		// For a client, any 4xx or 5xx answer is an error.
 		kv = append(kv, semconv.ErrorTypeKey.String(strconv.Itoa(k.status)))

@@ -208,31 +208,28 @@ func (p *Proxy) onError(w http.ResponseWriter, r *http.Request, err error) {
 		// The response arrived but could not be relayed: the user's hook
 		// or the protocol switch failed. Only the client's leaving is a
 		// kind of ours; other errors are the caller's own.
-		err = &kindError{kind: ErrClientGone, err: err}
+		err = newKindError(errClientGone, err)
 	}
 	st.err = err
+	kind := errKindOf(err)
 	// The metrics take the status the client got; one that left got none.
-	gone := kindOf(err) == ErrClientGone
 	if p.errorHandler != nil {
 		sw := &statusWriter{ResponseWriter: w}
 		p.errorHandler(sw, r, err)
-		if !gone {
+		if kind != errClientGone {
 			st.metrics.status = sw.code
 		}
 		return
 	}
-	code := http.StatusBadGateway
-	switch kindOf(err) {
-	case ErrClientGone:
+	code := errorKinds[kind].status
+	if code == 0 {
 		// Nobody will read this; leaving is not a proxy failure.
-	case ErrUpstreamTimeout:
-		code = http.StatusGatewayTimeout
-		fallthrough
-	default:
-		st.metrics.status = code
-		p.logger.LogAttrs(r.Context(), slog.LevelError, "tapproxy: upstream error",
-			slog.String("method", r.Method), slog.String("url", r.URL.Redacted()), slog.Any("error", err))
+		w.WriteHeader(http.StatusBadGateway)
+		return
 	}
+	st.metrics.status = code
+	p.logger.LogAttrs(r.Context(), slog.LevelError, "tapproxy: upstream error",
+		slog.String("method", r.Method), slog.String("url", r.URL.Redacted()), slog.Any("error", err))
 	w.WriteHeader(code)
 }
 
@@ -326,7 +323,7 @@ func endErr(ctx context.Context, st *exchangeState) error {
 	if cause == nil {
 		cause = errWriteFailed
 	}
-	return &kindError{kind: ErrClientGone, err: cause}
+	return newKindError(errClientGone, cause)
 }
 
 // observe calls the observer at index i, containing its panic. If timed, it
