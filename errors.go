@@ -103,8 +103,8 @@ func (e *kindError) ErrorType() string { return errorKinds[e.kind].name }
 // already streaming, where any other read failure means the upstream broke
 // off. Errors of no known kind are returned as they are.
 func classify(clientCtx context.Context, err error, midBody bool) error {
-	if err == nil {
-		return nil
+	if _, ok := err.(*kindError); ok || err == nil {
+		return err // classified already
 	}
 	var kind errKind
 	switch cerr := clientCtx.Err(); {

@@ -206,6 +206,7 @@ func assertPoints[N int64 | float64](t *testing.T, name string, want, got []metr
 // exchangeMetrics is the expected record of one exchange without
 // observers.
 type exchangeMetrics struct {
+	upstream           attribute.Set // server.address and server.port
 	server, active     attribute.Set
 	client, headers    *attribute.Set // nil: not recorded
 	reqBytes, resBytes float64        // < 0: not deterministic
@@ -226,8 +227,14 @@ func (e exchangeMetrics) want() []metricdata.Metrics {
 		want = append(want,
 			floatHistogram(httpconv.ClientRequestDuration{}.Name(), httpconv.ClientRequestDuration{}.Description(),
 				"s", specDurationBuckets, histogram{*e.client, 1, -1}),
+			intSum(httpconv.ClientActiveRequests{}.Name(), httpconv.ClientActiveRequests{}.Description(),
+				"{request}", false, metricdata.DataPoint[int64]{Attributes: e.upstream, Value: 0}),
 		)
 	}
+	want = append(want, metricdata.Metrics{
+		Name: "tapproxy.upstream.healthy", Description: "Whether an upstream is healthy (1) or ejected or down (0).", Unit: "{upstream}",
+		Data: metricdata.Gauge[int64]{DataPoints: []metricdata.DataPoint[int64]{{Attributes: e.upstream, Value: 1}}},
+	})
 	if e.headers != nil {
 		want = append(want, floatHistogram("tapproxy.upstream.time_to_headers",
 			"Time from receiving a request until the upstream's response headers arrived.",
@@ -489,7 +496,9 @@ func TestMetricsPerOutcome(t *testing.T) {
 
 			tt.do(t, front.URL)
 			got := waitRecorded(t, reader, 1)
-			assertMetrics(t, tt.want(up).want(), got)
+			want := tt.want(up)
+			want.upstream = set(hostPort(t, up)...)
+			assertMetrics(t, want.want(), got)
 		})
 	}
 }
@@ -967,8 +976,9 @@ func TestMetricsCardinalityIsBounded(t *testing.T) {
 		}
 	}
 	// The server, active-request and client sets per method, the
-	// observer's and the response capture's.
-	assert.LessOrEqual(t, len(distinct), 3*(len(known)+1)+2, "distinct attribute sets across all metrics")
+	// observer's and the response capture's, and the upstream's own (its
+	// active requests and health).
+	assert.LessOrEqual(t, len(distinct), 3*(len(known)+1)+3, "distinct attribute sets across all metrics")
 }
 
 // getStatus returns a step that GETs /x through the proxy and requires
