@@ -46,6 +46,17 @@ func WithBalancer(b Balancer) Option {
 	})
 }
 
+// builtin marks the balancers of this package, which always pick one of
+// the candidates.
+type builtin interface{ builtin() }
+
+func (*roundRobin) builtin()         {}
+func (random) builtin()              {}
+func (first) builtin()               {}
+func (leastRequests) builtin()       {}
+func (*weightedRoundRobin) builtin() {}
+func (*hashBy) builtin()             {}
+
 // RoundRobin returns a Balancer that takes the candidates in turn.
 func RoundRobin() Balancer { return new(roundRobin) }
 
@@ -148,11 +159,29 @@ type weighted interface{ initialWeights() []int }
 // safe for concurrent use, and should not allocate; for example:
 //
 //	tapproxy.HashBy(func(r *http.Request) string { return r.Header.Get("X-User") })
-func HashBy(key func(*http.Request) string) Balancer { return hashBy{key} }
+func HashBy(key func(*http.Request) string) Balancer { return &hashBy{key: key} }
 
-type hashBy struct{ key func(*http.Request) string }
+// hashSlots is how many slots keys hash into. Rendezvous hashing runs per
+// slot rather than per key, so that the owner of every slot can be worked
+// out once per set of candidates: a pick is then one lookup, however many
+// upstreams there are. With 16384 slots, each of 100 upstreams owns about
+// 164 of them, within a few percent of its share.
+const hashSlots = 1 << 14
 
-func (b hashBy) Pick(r *http.Request, c []*Upstream) *Upstream {
+type hashBy struct {
+	key   func(*http.Request) string
+	table atomic.Pointer[hashTable] // the owners for the latest candidates
+	miss  atomic.Pointer[*Upstream] // the candidates that missed the table last
+	mu    sync.Mutex                // one build at a time
+}
+
+// hashTable maps each slot to the candidate that owns it.
+type hashTable struct {
+	c     []*Upstream
+	owner [hashSlots]uint16
+}
+
+func (b *hashBy) Pick(r *http.Request, c []*Upstream) *Upstream {
 	k := ""
 	if b.key != nil {
 		k = b.key(r)
@@ -160,11 +189,32 @@ func (b hashBy) Pick(r *http.Request, c []*Upstream) *Upstream {
 	if k == "" {
 		return leastOfTwo(c)
 	}
-	hk := fnv64(k)
-	best, bestScore := c[0], uint64(0)
-	for _, u := range c {
-		if s := mix64(hk ^ u.hash); s >= bestScore {
-			best, bestScore = u, s
+	slot := mix64(fnv64(k)) & (hashSlots - 1)
+	if t := b.table.Load(); t != nil && len(t.c) == len(c) && &t.c[0] == &c[0] {
+		return c[t.owner[slot]] // the same candidates, which never change
+	}
+	// A set of candidates that misses twice is the pool's current one,
+	// not a retry's: worth a table.
+	if b.miss.Swap(&c[0]) == &c[0] && len(c) <= 1<<16 && b.mu.TryLock() {
+		t := &hashTable{c: c}
+		for s := range t.owner {
+			t.owner[s] = uint16(rendezvous(uint64(s), c))
+		}
+		b.table.Store(t)
+		b.mu.Unlock()
+		return c[t.owner[slot]]
+	}
+	return c[rendezvous(slot, c)]
+}
+
+// rendezvous returns the index of the candidate with the highest score for
+// slot.
+func rendezvous(slot uint64, c []*Upstream) int {
+	hs := mix64(slot + 0x9e3779b97f4a7c15)
+	best, bestScore := 0, uint64(0)
+	for i, u := range c {
+		if s := mix64(hs ^ u.hash); s > bestScore {
+			best, bestScore = i, s
 		}
 	}
 	return best

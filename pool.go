@@ -336,6 +336,9 @@ func (p *pool) choose(r *http.Request, c []*Upstream) *Upstream {
 		return c[0]
 	}
 	u := p.balancer.Pick(r, c)
+	if _, ours := p.balancer.(builtin); ours {
+		return u // always one of c; checking would cost O(len(c))
+	}
 	if u == nil || !slices.Contains(c, u) {
 		return c[0]
 	}

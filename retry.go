@@ -243,7 +243,7 @@ func (t *roundTripper) send(st *exchangeState, req *http.Request) (*http.Respons
 // try is send within the per-try timeout, if there is one.
 func (t *roundTripper) try(st *exchangeState, req *http.Request) (*http.Response, error) {
 	st.ex.Response, st.ex.TimeToHeaders, st.metrics.upStatus = nil, 0, 0
-	if !t.retry.dialOnly && st.route.attempts == 1 {
+	if !t.retry.dialOnly {
 		// ReverseProxy relays 1xx responses to the client as they come:
 		// after one, the client has bytes, and nothing may be retried.
 		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
