@@ -103,7 +103,7 @@ func newRetryPolicy(r *Retry, balanced bool) (*retryPolicy, error) {
 	if r.Attempts < 0 || r.BodyLimit < 0 || r.PerTry < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: retry: negative value (Attempts %d, BodyLimit %d, PerTry %v)", r.Attempts, r.BodyLimit, r.PerTry))
 	}
-	if r.Budget < 0 || r.Budget > 1 {
+	if !(r.Budget >= 0 && r.Budget <= 1) { // NaN too
 		errs = append(errs, fmt.Errorf("tapproxy: retry: Budget %v is outside [0, 1]", r.Budget))
 	}
 	rp := &retryPolicy{attempts: r.Attempts, statuses: slices.Clone(r.Statuses), bodyLimit: r.BodyLimit, perTry: r.PerTry, budget: r.Budget}
