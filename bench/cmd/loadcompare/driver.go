@@ -24,10 +24,11 @@ import (
 // observer reading its 64 KiB capture and metrics recorded, the subject of
 // the budget.
 const (
-	direct = "direct"
-	bare   = "bare"
-	stdlib = "stdlib"
-	full   = "full"
+	direct   = "direct"
+	bare     = "bare"
+	stdlib   = "stdlib"
+	full     = "full"
+	balanced = "balanced"
 )
 
 var descriptions = map[string]string{
@@ -38,10 +39,11 @@ var descriptions = map[string]string{
 	"tapproxy": "tapproxy, no observer",
 	"observer": "tapproxy, one observer reading the 64 KiB capture",
 	full:       "tapproxy, observer reading the 64 KiB capture, metrics on (SDK MeterProvider, ManualReader)",
+	balanced:   "tapproxy.NewBalanced over 3 upstream addresses (least requests, passive health, dial retries), no observer",
 }
 
 func allVariants() []string {
-	return []string{direct, bare, stdlib, "naive", "tapproxy", "observer", full}
+	return []string{direct, bare, stdlib, "naive", "tapproxy", "observer", full, balanced}
 }
 
 // child is a process started in a role.
@@ -105,6 +107,15 @@ func startChild(ctx context.Context, lifetime time.Duration, env ...string) (*ch
 }
 
 func (c *child) url() string { return "http://" + c.addrs[0] }
+
+// urls is every address the child listens on, as URLs joined by commas.
+func (c *child) urls() string {
+	urls := make([]string, len(c.addrs))
+	for i, a := range c.addrs {
+		urls[i] = "http://" + a
+	}
+	return strings.Join(urls, ",")
+}
 
 // stop ends the child: it exits when its stdin closes, or is killed.
 func (c *child) stop() {
@@ -366,7 +377,7 @@ func runLoad(ctx context.Context, cfg config, up *child, variants []string, rep 
 		urls[v] = up.url()
 		if v != direct {
 			c, err := startChild(ctx, cfg.timeout+time.Minute,
-				envRole+"=proxy", envVariant+"="+v, envTarget+"="+up.url())
+				envRole+"=proxy", envVariant+"="+v, envTarget+"="+up.urls())
 			if err != nil {
 				return fmt.Errorf("variant %s: %w", v, err)
 			}
@@ -435,7 +446,7 @@ func runBig(ctx context.Context, cfg config, up *child, variants []string, rep *
 			continue
 		}
 		c, err := startChild(ctx, cfg.timeout+time.Minute,
-			envRole+"=proxy", envVariant+"="+v, envTarget+"="+up.url())
+			envRole+"=proxy", envVariant+"="+v, envTarget+"="+up.urls())
 		if err != nil {
 			return fmt.Errorf("variant %s: %w", v, err)
 		}

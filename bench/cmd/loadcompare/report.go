@@ -17,6 +17,10 @@ const (
 	maxExtraAllocs   = 12
 	maxHeapGrowth    = 16 << 20
 	maxTTFBRatio     = 1.2
+	// tapproxy with no observer against bare, and a pool of three against
+	// one upstream: what routing through New and NewBalanced costs.
+	minNewToBare     = 0.95
+	minBalancedToNew = 0.95
 )
 
 // table prints as aligned text or as Markdown.
@@ -141,6 +145,18 @@ func (r *report) print(w io.Writer, md bool) (failed bool) {
 			fmtDur(sb.medianTTFB()), fmtDur(bb.medianTTFB()), budgetRatio(float64(sb.medianTTFB()), float64(bb.medianTTFB())))
 	} else {
 		check(false, false, "large response: not run")
+	}
+	if t := r.load["tapproxy"]; t != nil && b != nil {
+		check(t.rps() >= minNewToBare*b.rps(), true, "New, no observer: req/s >= %.2f x bare: %.0f vs %.0f, %s",
+			minNewToBare, t.rps(), b.rps(), budgetRatio(t.rps(), b.rps()))
+	} else {
+		check(false, false, "New against bare: variant missing")
+	}
+	if nb, t := r.load[balanced], r.load["tapproxy"]; nb != nil && t != nil {
+		check(nb.rps() >= minBalancedToNew*t.rps(), true, "NewBalanced over %d: req/s >= %.2f x New over 1: %.0f vs %.0f, %s",
+			poolSize, minBalancedToNew, nb.rps(), t.rps(), budgetRatio(nb.rps(), t.rps()))
+	} else {
+		check(false, false, "NewBalanced against New: variant missing")
 	}
 	sep := "\n"
 	fmt.Fprintln(w, strings.Join(lines, sep))
