@@ -209,6 +209,11 @@ func (t *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		if !ok || rs.attempts >= t.retry.attempts {
 			return res, err
 		}
+		if t.retry.dialOnly && len(rs.set.all) == 1 {
+			// NewBalanced's default retries move a request elsewhere;
+			// a pool of one has nowhere else, and is not retried.
+			return res, err
+		}
 		if reason != retryDial && !t.retry.acquire(rs) {
 			return res, err
 		}
