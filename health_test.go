@@ -409,13 +409,16 @@ func TestPassiveFailureCount(t *testing.T) {
 		name    string
 		codes   []int
 		retry   []int // Retry.Statuses
+		last    bool  // Retry.Attempts 1: the retried status is the last response
 		passive []int // PassiveHealth.Statuses
 		want    []int // Failures after each answer; -1: ejected
 	}{
-		{"success resets", []int{502, 502, 200, 502, 502, 502}, nil, []int{502}, []int{1, 2, 0, 1, 2, -1}},
-		{"retried statuses count neither way", []int{502, 503, 502, 503, 502}, []int{503}, []int{502}, []int{1, 1, 2, 2, -1}},
-		{"retried and listed statuses count", []int{503, 503, 503}, []int{503}, []int{503}, []int{1, 2, -1}},
-		{"unlisted statuses are successes", []int{502, 503, 502}, nil, []int{502}, []int{1, 0, 1}},
+		{"success resets", []int{502, 502, 200, 502, 502, 502}, nil, false, []int{502}, []int{1, 2, 0, 1, 2, -1}},
+		{"retried statuses count neither way", []int{502, 503, 502, 503, 502}, []int{503}, false, []int{502}, []int{1, 1, 2, 2, -1}},
+		{"retried statuses count neither way as the last response", []int{502, 503, 502, 503, 502}, []int{503}, true, []int{502}, []int{1, 1, 2, 2, -1}},
+		{"retried and listed statuses count", []int{503, 503, 503}, []int{503}, false, []int{503}, []int{1, 2, -1}},
+		{"retried and listed statuses count as the last response", []int{503, 503, 503}, []int{503}, true, []int{503}, []int{1, 2, -1}},
+		{"unlisted statuses are successes", []int{502, 503, 502}, nil, false, []int{502}, []int{1, 0, 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -425,7 +428,11 @@ func TestPassiveFailureCount(t *testing.T) {
 			opts := []tapproxy.Option{tapproxy.WithBalancer(tapproxy.First()),
 				tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: 3, Ejection: time.Hour, Statuses: tt.passive})}
 			if tt.retry != nil {
-				opts = append(opts, tapproxy.WithRetry(tapproxy.Retry{Statuses: tt.retry}))
+				r := tapproxy.Retry{Statuses: tt.retry}
+				if tt.last {
+					r.Attempts = 1
+				}
+				opts = append(opts, tapproxy.WithRetry(r))
 			}
 			p := newBalanced(t, []*url.URL{bad, good.urls(t)[0]}, opts...)
 			front := serve(t, p, false)
@@ -563,4 +570,55 @@ func TestFailOpenWhenAllAreEjected(t *testing.T) {
 		m := waitRecorded(t, reader, 3)
 		assert.Equal(t, map[attribute.Distinct]int64{key(set()): 2}, sumPoints(m["tapproxy.balancer.fail_open"]))
 	})
+}
+
+func TestPassiveHealthSwitches(t *testing.T) {
+	tests := []struct {
+		name        string
+		p           func(t *testing.T, dead *url.URL) *tapproxy.Proxy
+		wantHealthy bool
+	}{
+		{"off in a pool", func(t *testing.T, dead *url.URL) *tapproxy.Proxy {
+			return newBalanced(t, []*url.URL{dead, newFleet(t, 1, nil).urls(t)[0]}, tapproxy.WithBalancer(tapproxy.First()),
+				tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: -1}))
+		}, true},
+		{"on in a pool by default", func(t *testing.T, dead *url.URL) *tapproxy.Proxy {
+			return newBalanced(t, []*url.URL{dead, newFleet(t, 1, nil).urls(t)[0]}, tapproxy.WithBalancer(tapproxy.First()))
+		}, false},
+		{"off with New by default", func(t *testing.T, dead *url.URL) *tapproxy.Proxy {
+			return newProxy(t, dead.String())
+		}, true},
+		{"on with New", func(t *testing.T, dead *url.URL) *tapproxy.Proxy {
+			return newProxy(t, dead.String(), tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: 2}))
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dead := deadURL(t)
+			p := tt.p(t, dead)
+			front := serve(t, p, false)
+			for range 10 {
+				get(t, front.Client(), front.URL)
+			}
+			s := statusOf(t, p, dead)
+			assert.Equal(t, tt.wantHealthy, s.Healthy)
+		})
+	}
+}
+
+func TestHealthCheckTimeoutDefault(t *testing.T) {
+	var checks atomic.Int64
+	f := newFleet(t, 1, func(i int, w http.ResponseWriter, r *http.Request) {
+		checks.Add(1)
+		select { // slower than any timeout below the interval
+		case <-r.Context().Done():
+		case <-time.After(waitTimeout):
+		}
+	})
+	p := newBalanced(t, f.urls(t), tapproxy.WithHealthCheck(tapproxy.HealthCheck{
+		Path: "/healthz", Interval: 200 * time.Millisecond, Fails: 1,
+	}))
+	require.Eventually(t, func() bool { return p.Upstreams()[0].Down }, waitTimeout, time.Millisecond,
+		"a check that does not answer times out at half the interval")
+	assert.ErrorIs(t, p.Upstreams()[0].LastError, context.DeadlineExceeded)
 }

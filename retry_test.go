@@ -31,6 +31,7 @@ type attempt struct {
 	Attempts int
 	Upstream string // host:port, "" when none was tried
 	Host     string // of the final attempt's request
+	URLHost  string // of the final attempt's request URL
 	Err      error
 	Status   int
 	ReqBytes int64
@@ -47,7 +48,7 @@ type attemptLog struct {
 func newAttemptLog() *attemptLog { return &attemptLog{ch: make(chan attempt, 4096)} }
 
 func (l *attemptLog) ObserveResponse(_ context.Context, ex *tapproxy.Exchange) {
-	a := attempt{Attempts: ex.Attempts, Host: ex.Request.Host, Err: ex.Err, ReqBytes: ex.RequestBodyBytes}
+	a := attempt{Attempts: ex.Attempts, Host: ex.Request.Host, URLHost: ex.Request.URL.Host, Err: ex.Err, ReqBytes: ex.RequestBodyBytes}
 	if ex.Upstream != nil {
 		a.Upstream = ex.Upstream.Host
 	}
@@ -648,6 +649,7 @@ func TestRetryHostHeader(t *testing.T) {
 			a := log.next(t)
 			assert.Equal(t, 2, a.Attempts)
 			assert.Equal(t, live.Host, a.Upstream)
+			assert.Equal(t, live.Host, a.URLHost, "Exchange.Request is the final attempt's")
 		})
 	}
 }
