@@ -69,7 +69,8 @@ func (d *dispatcher) close(ctx context.Context) error {
 	}
 }
 
-// Shutdown releases the proxy's resources. It stops queueing exchanges for
+// Shutdown releases the proxy's resources. It stops the active health
+// checks (see [WithHealthCheck]) and the upstreams' health gauge. It stops queueing exchanges for
 // asynchronous observers (see [WithAsyncObservers]) and waits until those
 // already queued have been observed, or until ctx is done, when it returns
 // ctx's error and the workers finish the queue in the background. Exchanges
@@ -79,6 +80,10 @@ func (d *dispatcher) close(ctx context.Context) error {
 // Shut the [http.Server] down first, so that no new requests arrive. Calling
 // Shutdown again waits again; it is safe for concurrent use.
 func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.pool.close()
+	if p.healthGauge != nil {
+		_ = p.healthGauge.Unregister()
+	}
 	if ci, ok := p.transport.(interface{ CloseIdleConnections() }); ok {
 		ci.CloseIdleConnections()
 	}

@@ -46,9 +46,17 @@ var _ ResponseObserver = ObserverFunc(nil)
 // see it. It and everything it refers to are valid only during the observer
 // call.
 type Exchange struct {
-	// Request is the outbound request as it was sent upstream, after the
-	// directors ran. Its body has been consumed; see RequestBody.
+	// Request is the outbound request of the final attempt as it was sent
+	// upstream, after the directors ran; when no attempt was made, it is
+	// the inbound request as the proxy received it. Its body has been
+	// consumed; see RequestBody.
 	Request *http.Request
+
+	// Upstream is the target of the final attempt, nil when none was
+	// tried. Attempts counts the upstream attempts made: 1 unless the
+	// request was retried (see [WithRetry]), 0 when none was made.
+	Upstream *url.URL
+	Attempts int
 
 	// Response is the upstream's response: its status, its headers, and
 	// (once the body ended) its trailers. Its body has been consumed; see
@@ -125,7 +133,7 @@ func (ex *Exchange) RequestBody() io.Reader { return bytes.NewReader(ex.reqBody)
 // the observer calls. It is pooled.
 type exchangeState struct {
 	ex     Exchange
-	target *url.URL // the proxy's, for directors that re-route
+	target *url.URL // the picked upstream's, for directors that re-route
 	body   responseTee
 	resp   bodyBuffer
 	req    *requestTee
@@ -139,6 +147,8 @@ type exchangeState struct {
 	w      http.ResponseWriter
 
 	metrics exchangeMetrics
+	route   routeState
+	replay  *replayBody // nil: no retries, or no body
 }
 
 var states = sync.Pool{New: func() any { return new(exchangeState) }}

@@ -27,6 +27,11 @@
 // flushing of streams, HTTP/2 and gRPC pass through as with a bare
 // ReverseProxy.
 //
+// [NewBalanced] proxies to a pool of upstreams instead of one: a [Balancer]
+// picks each request's upstream before the directors run, passive health
+// and [WithHealthCheck] leave failing upstreams out, and [WithRetry] retries
+// failed attempts on another upstream while nothing has reached the client.
+//
 // Every request is also recorded as OpenTelemetry metrics, following the
 // HTTP semantic conventions, through the MeterProvider given with
 // [WithMeterProvider]. Package tapproxytest puts the proxy in tests, as a

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"net/textproto"
 	"strings"
 	"syscall"
@@ -37,16 +38,64 @@ var (
 	// ErrClientGone means the client went away (canceled the request or
 	// closed the connection) before the response was delivered.
 	ErrClientGone = errors.New("tapproxy: client gone")
+
+	// ErrNoUpstream means there was no upstream to try: the pool is empty
+	// (see [Proxy.SetUpstreams]). The client gets 503 Service Unavailable.
+	ErrNoUpstream = errors.New("tapproxy: no upstream")
 )
 
-// kindError pairs a kind from the list above with the error that caused it.
+// errKind numbers the kinds of failure; it indexes errorKinds.
+type errKind uint8
+
+const (
+	errNone errKind = iota
+	errUnavailable
+	errTimeout
+	errReset
+	errMalformed
+	errClientGone
+	errNoUpstream
+	errOther // a failure of no kind of ours
+)
+
+// errorKinds is the one table of the kinds: the sentinel that Exchange.Err
+// matches, the error.type the metrics record, and the status the default
+// error handler answers with. Adding a kind is adding a row.
+var errorKinds = [...]struct {
+	sentinel error
+	name     string // error.type
+	status   int    // 0: nobody reads the answer
+}{
+	errNone:        {nil, "", 0},
+	errUnavailable: {ErrUpstreamUnavailable, "upstream_unavailable", http.StatusBadGateway},
+	errTimeout:     {ErrUpstreamTimeout, "upstream_timeout", http.StatusGatewayTimeout},
+	errReset:       {ErrUpstreamReset, "upstream_reset", http.StatusBadGateway},
+	errMalformed:   {ErrUpstreamMalformed, "upstream_malformed", http.StatusBadGateway},
+	// A client that went away has its own error.type, so that alerts on
+	// upstream failures can leave it out.
+	errClientGone: {ErrClientGone, "client_gone", 0},
+	errNoUpstream: {ErrNoUpstream, "no_upstream", http.StatusServiceUnavailable},
+	errOther:      {nil, "_OTHER", http.StatusBadGateway},
+}
+
+// kindError pairs a kind from the table above with the error that caused
+// it.
 type kindError struct {
-	kind error
+	kind errKind
 	err  error
 }
 
-func (e *kindError) Error() string   { return e.kind.Error() + ": " + e.err.Error() }
-func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
+func newKindError(k errKind, err error) *kindError { return &kindError{kind: k, err: err} }
+
+func (e *kindError) Error() string {
+	return errorKinds[e.kind].sentinel.Error() + ": " + e.err.Error()
+}
+
+func (e *kindError) Unwrap() []error { return []error{errorKinds[e.kind].sentinel, e.err} }
+
+// ErrorType returns the error.type value of the error's kind, so that
+// [semconv.ErrorType] agrees with the proxy's metrics.
+func (e *kindError) ErrorType() string { return errorKinds[e.kind].name }
 
 // classify labels err with its kind. clientCtx is the inbound request's
 // context: when the client has left, that is why the exchange failed,
@@ -54,34 +103,41 @@ func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
 // already streaming, where any other read failure means the upstream broke
 // off. Errors of no known kind are returned as they are.
 func classify(clientCtx context.Context, err error, midBody bool) error {
-	if err == nil {
-		return nil
+	if _, ok := err.(*kindError); ok || err == nil {
+		return err // classified already
 	}
-	var kind error
+	var kind errKind
 	switch cerr := clientCtx.Err(); {
 	case errors.Is(cerr, context.Canceled):
-		kind = ErrClientGone
+		kind = errClientGone
 	case cerr != nil || isTimeout(err):
-		kind = ErrUpstreamTimeout
+		kind = errTimeout
 	case isDialFailure(err):
-		kind = ErrUpstreamUnavailable
+		kind = errUnavailable
 	case isMalformed(err):
-		kind = ErrUpstreamMalformed
+		kind = errMalformed
 	case midBody || isReset(err):
-		kind = ErrUpstreamReset
+		kind = errReset
 	default:
 		return err
 	}
-	return &kindError{kind: kind, err: err}
+	return newKindError(kind, err)
 }
 
-// kindOf returns the kind err was classified as, or nil.
-func kindOf(err error) error {
+// errKindOf returns the kind of err: errNone for nil, errOther for an
+// error of no kind of ours.
+func errKindOf(err error) errKind {
+	if err == nil {
+		return errNone
+	}
 	if ke, ok := err.(*kindError); ok {
 		return ke.kind
 	}
-	return nil
+	return errOther
 }
+
+// kindOf returns the sentinel of the kind err was classified as, or nil.
+func kindOf(err error) error { return errorKinds[errKindOf(err)].sentinel }
 
 func isTimeout(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) {

@@ -289,3 +289,49 @@ func ExampleWithCaptureBudget() {
 	// client got 65536 bytes
 	// skipped: true, truncated: true, kept within the budget: true
 }
+
+// A pool of three replicas, one of which is down: the failed dial is retried
+// on another replica, and the client never sees it.
+func ExampleNewBalanced() {
+	var targets []*url.URL
+	for _, name := range []string{"a", "b"} {
+		replica := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "replica %s", name)
+		}))
+		defer replica.Close()
+		u, _ := url.Parse(replica.URL)
+		targets = append(targets, u)
+	}
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close() // nothing listens there any more
+	deadURL, _ := url.Parse(dead.URL)
+	// First sends everything to the first healthy replica: the dead one.
+	targets = append([]*url.URL{deadURL}, targets...)
+
+	attempts := make(chan string, 1)
+	proxy, err := tapproxy.NewBalanced(targets,
+		tapproxy.WithBalancer(tapproxy.First()),
+		tapproxy.WithLogger(slog.New(slog.DiscardHandler)),
+		tapproxy.WithObserver(tapproxy.ObserverFunc(func(ctx context.Context, ex *tapproxy.Exchange) {
+			attempts <- fmt.Sprintf("%d attempts, served by the replica at index %d",
+				ex.Attempts, slices.IndexFunc(targets, func(u *url.URL) bool { return u.Host == ex.Upstream.Host }))
+		})))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer proxy.Close()
+	front := httptest.NewServer(proxy)
+	defer front.Close()
+
+	res, err := http.Get(front.URL)
+	if err != nil {
+		log.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	fmt.Println(res.StatusCode, string(body))
+	fmt.Println(<-attempts)
+	// Output:
+	// 200 replica a
+	// 2 attempts, served by the replica at index 1
+}

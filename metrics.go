@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -46,71 +47,43 @@ const (
 	observerDurationName = "tapproxy.observer.duration"
 	observerPanicsName   = "tapproxy.observer.panics"
 	observerDroppedName  = "tapproxy.observer.dropped"
+	upstreamHealthyName  = "tapproxy.upstream.healthy"
+	ejectionsName        = "tapproxy.upstream.ejections"
+	retriesName          = "tapproxy.retries"
+	failOpenName         = "tapproxy.balancer.fail_open"
 
 	// bodyKey says which body a capture metric is about: "request" or
 	// "response".
 	bodyKey = attribute.Key("tapproxy.body")
 	// observerKey is the observer's position in the chain, from 0.
 	observerKey = attribute.Key("tapproxy.observer.index")
+	// ejectionKey says why an upstream was ejected: "passive" or "active".
+	ejectionKey = attribute.Key("tapproxy.ejection.reason")
+	// retryKey says why an attempt was retried.
+	retryKey = attribute.Key("tapproxy.retry.reason")
 )
 
-// The error.type values for the kinds of failure. A client that went away has
-// its own, so that alerts on upstream failures can leave it out.
-const (
-	errorTypeUnavailable = "upstream_unavailable"
-	errorTypeTimeout     = "upstream_timeout"
-	errorTypeReset       = "upstream_reset"
-	errorTypeMalformed   = "upstream_malformed"
-	errorTypeClientGone  = "client_gone"
-	errorTypeOther       = "_OTHER"
-)
-
-// ErrorType returns the error.type value of the error's kind, so that
-// [semconv.ErrorType] agrees with the proxy's metrics.
-func (e *kindError) ErrorType() string { return errorTypeNames[errKindOf(e)] }
-
-// errKind numbers the error.type values, so that attribute cache keys stay
-// small.
-type errKind uint8
+// ejectReason says what ejected an upstream; it indexes ejectReasons.
+type ejectReason uint8
 
 const (
-	errNone errKind = iota
-	errUnavailable
-	errTimeout
-	errReset
-	errMalformed
-	errClientGone
-	errOther
+	ejectPassive ejectReason = iota
+	ejectActive
 )
 
-var errorTypeNames = [...]string{
-	errNone:        "",
-	errUnavailable: errorTypeUnavailable,
-	errTimeout:     errorTypeTimeout,
-	errReset:       errorTypeReset,
-	errMalformed:   errorTypeMalformed,
-	errClientGone:  errorTypeClientGone,
-	errOther:       errorTypeOther,
-}
+var ejectReasons = [...]string{ejectPassive: "passive", ejectActive: "active"}
 
-func errKindOf(err error) errKind {
-	if err == nil {
-		return errNone
-	}
-	switch kindOf(err) {
-	case ErrUpstreamUnavailable:
-		return errUnavailable
-	case ErrUpstreamTimeout:
-		return errTimeout
-	case ErrUpstreamReset:
-		return errReset
-	case ErrUpstreamMalformed:
-		return errMalformed
-	case ErrClientGone:
-		return errClientGone
-	}
-	return errOther
-}
+// retryReason says why an attempt was retried; it indexes retryReasons.
+type retryReason uint8
+
+const (
+	retryDial retryReason = iota
+	retryReset
+	retryTimeout
+	retryStatus
+)
+
+var retryReasons = [...]string{retryDial: "dial", retryReset: "reset", retryTimeout: "timeout", retryStatus: "status"}
 
 // knownMethods are the methods the conventions name; others are recorded as
 // _OTHER, so that a client cannot blow up the number of series.
@@ -166,6 +139,12 @@ type meters struct {
 	obsDuration    metric.Float64Histogram
 	obsPanics      metric.Int64Counter
 	obsDropped     metric.Int64Counter
+	clientActiveC  metric.Int64UpDownCounter
+	healthy        metric.Int64ObservableGauge
+	ejections      metric.Int64Counter
+	retries        metric.Int64Counter
+	failOpen       metric.Int64Counter
+	meter          metric.Meter
 
 	route  func(*http.Request) string
 	logger *slog.Logger
@@ -247,9 +226,29 @@ func newMeters(c *config) (*meters, error) {
 		metric.WithDescription("Exchanges not observed because the asynchronous observers' queue was full."),
 		metric.WithUnit("{exchange}"))
 	check(err)
+	ca, err := httpconv.NewClientActiveRequests(meter)
+	check(err)
+	m.clientActiveC = ca.Inst()
+	m.healthy, err = meter.Int64ObservableGauge(upstreamHealthyName,
+		metric.WithDescription("Whether an upstream is healthy (1) or ejected or down (0)."),
+		metric.WithUnit("{upstream}"))
+	check(err)
+	m.ejections, err = meter.Int64Counter(ejectionsName,
+		metric.WithDescription("Upstreams ejected by passive health or marked down by active checks."),
+		metric.WithUnit("{ejection}"))
+	check(err)
+	m.retries, err = meter.Int64Counter(retriesName,
+		metric.WithDescription("Upstream attempts that failed and were retried."),
+		metric.WithUnit("{retry}"))
+	check(err)
+	m.failOpen, err = meter.Int64Counter(failOpenName,
+		metric.WithDescription("Requests routed while no upstream was healthy."),
+		metric.WithUnit("{request}"))
+	check(err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	m.meter = meter
 
 	for mi := range m.active {
 		for tls, scheme := range [2]string{"http", "https"} {
@@ -317,35 +316,8 @@ func (sm *exchangeMetrics) received(res *http.Response) {
 func (m *meters) record(ctx context.Context, st *exchangeState) {
 	ex, sm := &st.ex, &st.metrics
 	kind := errKindOf(ex.Err)
-	if out := ex.Request; out != nil {
-		cd, th := m.clientDuration.Enabled(ctx), m.timeToHeaders.Enabled(ctx) && sm.upStatus != 0
-		if cd || th {
-			k := clientKey{
-				method:  methodIndex(out.Method),
-				scheme:  out.URL.Scheme,
-				address: out.URL.Hostname(),
-				status:  sm.upStatus,
-				major:   sm.upMajor,
-				minor:   sm.upMinor,
-				err:     kind,
-			}
-			if port := out.URL.Port(); port != "" { // Atoi's error for "" allocates
-				k.port, _ = strconv.Atoi(port)
-			}
-			if k.port == 0 {
-				k.port = 80
-				if k.scheme == "https" {
-					k.port = 443
-				}
-			}
-			opts := m.client.get(k)
-			if cd && !sm.sent.IsZero() {
-				m.clientDuration.Record(ctx, ex.Start.Add(ex.Duration).Sub(sm.sent).Seconds(), opts.full...)
-			}
-			if th {
-				m.timeToHeaders.Record(ctx, ex.TimeToHeaders.Seconds(), opts.headers...)
-			}
-		}
+	if st.route.attempts > 0 {
+		m.recordAttempt(ctx, ex.Request, sm, kind, ex.Start.Add(ex.Duration), ex.TimeToHeaders)
 	}
 
 	if (len(ex.body) > 0 || len(ex.reqBody) > 0) && m.captureBytes.Enabled(ctx) {
@@ -409,6 +381,41 @@ func (m *meters) record(ctx context.Context, st *exchangeState) {
 	}
 }
 
+// recordAttempt records the upstream leg of one attempt, sent as out, that
+// ended at end with the given kind; ttfb is when its headers arrived,
+// measured from the exchange's start, zero if they did not.
+func (m *meters) recordAttempt(ctx context.Context, out *http.Request, sm *exchangeMetrics, kind errKind, end time.Time, ttfb time.Duration) {
+	cd, th := m.clientDuration.Enabled(ctx), m.timeToHeaders.Enabled(ctx) && sm.upStatus != 0
+	if !cd && !th {
+		return
+	}
+	k := clientKey{
+		method:  methodIndex(out.Method),
+		scheme:  out.URL.Scheme,
+		address: out.URL.Hostname(),
+		status:  sm.upStatus,
+		major:   sm.upMajor,
+		minor:   sm.upMinor,
+		err:     kind,
+	}
+	if port := out.URL.Port(); port != "" { // Atoi's error for "" allocates
+		k.port, _ = strconv.Atoi(port)
+	}
+	if k.port == 0 {
+		k.port = 80
+		if k.scheme == "https" {
+			k.port = 443
+		}
+	}
+	opts := m.client.get(k)
+	if cd && !sm.sent.IsZero() {
+		m.clientDuration.Record(ctx, end.Sub(sm.sent).Seconds(), opts.full...)
+	}
+	if th {
+		m.timeToHeaders.Record(ctx, ttfb.Seconds(), opts.headers...)
+	}
+}
+
 // routeOf calls the user's route function, containing its panic: the
 // exchange must still be recorded and observed.
 func (m *meters) routeOf(ctx context.Context, r *http.Request) (route string) {
@@ -464,7 +471,7 @@ func buildServer(k serverKey) []metric.RecordOption {
 	}
 	switch {
 	case k.err != errNone:
-		kv = append(kv, semconv.ErrorTypeKey.String(errorTypeNames[k.err]))
+		kv = append(kv, semconv.ErrorTypeKey.String(errorKinds[k.err].name))
 	case k.status >= 500:
 		// A server's 5xx is its error; a 4xx is the client's.
 		kv = append(kv, semconv.ErrorTypeKey.String(strconv.Itoa(k.status)))
@@ -504,7 +511,7 @@ func buildClient(k clientKey) clientOptions {
 	headers := []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(kv...))}
 	switch {
 	case k.err != errNone:
-		kv = append(kv, semconv.ErrorTypeKey.String(errorTypeNames[k.err]))
+		kv = append(kv, semconv.ErrorTypeKey.String(errorKinds[k.err].name))
 	case k.status >= 400:
 		// For a client, any 4xx or 5xx answer is an error.
 		kv = append(kv, semconv.ErrorTypeKey.String(strconv.Itoa(k.status)))
@@ -567,3 +574,70 @@ func lenMap[K comparable, V any](m *map[K]V) int {
 	}
 	return len(*m)
 }
+
+// upstreamAttrs holds an upstream's attribute options, built once when it
+// joins a pool, so that recording its metrics allocates nothing.
+type upstreamAttrs struct {
+	active    []metric.AddOption
+	healthy   []metric.ObserveOption
+	ejections [len(ejectReasons)][]metric.AddOption
+	retries   [len(retryReasons)][]metric.AddOption
+}
+
+func (m *meters) upstreamAttrs(u *url.URL) upstreamAttrs {
+	host, port := u.Hostname(), u.Port()
+	p, _ := strconv.Atoi(port)
+	if p == 0 {
+		p = 80
+		if u.Scheme == "https" {
+			p = 443
+		}
+	}
+	addr, srvPort := semconv.ServerAddressKey.String(host), semconv.ServerPortKey.Int(p)
+	base := attribute.NewSet(addr, srvPort)
+	a := upstreamAttrs{
+		active:  []metric.AddOption{metric.WithAttributeSet(base)},
+		healthy: []metric.ObserveOption{metric.WithAttributeSet(base)},
+	}
+	for r, name := range ejectReasons {
+		a.ejections[r] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(addr, srvPort, ejectionKey.String(name)))}
+	}
+	for r, name := range retryReasons {
+		a.retries[r] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(addr, srvPort, retryKey.String(name)))}
+	}
+	return a
+}
+
+// observeHealth registers the callback of the healthy gauge, which reports
+// the upstreams of the pool's current set: removed ones stop reporting.
+func (m *meters) observeHealth(p *pool) (metric.Registration, error) {
+	return m.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		now := time.Now()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, u := range p.set.Load().all {
+			v := int64(0)
+			if u.health.healthy(now) {
+				v = 1
+			}
+			o.ObserveInt64(m.healthy, v, u.attrs.healthy...)
+		}
+		return nil
+	}, m.healthy)
+}
+
+func (m *meters) clientActive(ctx context.Context, u *Upstream, n int64) {
+	if m.clientActiveC.Enabled(ctx) {
+		m.clientActiveC.Add(ctx, n, u.attrs.active...)
+	}
+}
+
+func (m *meters) ejected(u *Upstream, r ejectReason) {
+	m.ejections.Add(context.Background(), 1, u.attrs.ejections[r]...)
+}
+
+func (m *meters) retried(ctx context.Context, u *Upstream, r retryReason) {
+	m.retries.Add(ctx, 1, u.attrs.retries[r]...)
+}
+
+func (m *meters) failedOpen(ctx context.Context) { m.failOpen.Add(ctx, 1) }

@@ -206,6 +206,7 @@ func assertPoints[N int64 | float64](t *testing.T, name string, want, got []metr
 // exchangeMetrics is the expected record of one exchange without
 // observers.
 type exchangeMetrics struct {
+	upstream           attribute.Set // server.address and server.port
 	server, active     attribute.Set
 	client, headers    *attribute.Set // nil: not recorded
 	reqBytes, resBytes float64        // < 0: not deterministic
@@ -226,8 +227,14 @@ func (e exchangeMetrics) want() []metricdata.Metrics {
 		want = append(want,
 			floatHistogram(httpconv.ClientRequestDuration{}.Name(), httpconv.ClientRequestDuration{}.Description(),
 				"s", specDurationBuckets, histogram{*e.client, 1, -1}),
+			intSum(httpconv.ClientActiveRequests{}.Name(), httpconv.ClientActiveRequests{}.Description(),
+				"{request}", false, metricdata.DataPoint[int64]{Attributes: e.upstream, Value: 0}),
 		)
 	}
+	want = append(want, metricdata.Metrics{
+		Name: "tapproxy.upstream.healthy", Description: "Whether an upstream is healthy (1) or ejected or down (0).", Unit: "{upstream}",
+		Data: metricdata.Gauge[int64]{DataPoints: []metricdata.DataPoint[int64]{{Attributes: e.upstream, Value: 1}}},
+	})
 	if e.headers != nil {
 		want = append(want, floatHistogram("tapproxy.upstream.time_to_headers",
 			"Time from receiving a request until the upstream's response headers arrived.",
@@ -489,7 +496,9 @@ func TestMetricsPerOutcome(t *testing.T) {
 
 			tt.do(t, front.URL)
 			got := waitRecorded(t, reader, 1)
-			assertMetrics(t, tt.want(up).want(), got)
+			want := tt.want(up)
+			want.upstream = set(hostPort(t, up)...)
+			assertMetrics(t, want.want(), got)
 		})
 	}
 }
@@ -967,8 +976,9 @@ func TestMetricsCardinalityIsBounded(t *testing.T) {
 		}
 	}
 	// The server, active-request and client sets per method, the
-	// observer's and the response capture's.
-	assert.LessOrEqual(t, len(distinct), 3*(len(known)+1)+2, "distinct attribute sets across all metrics")
+	// observer's and the response capture's, and the upstream's own (its
+	// active requests and health).
+	assert.LessOrEqual(t, len(distinct), 3*(len(known)+1)+3, "distinct attribute sets across all metrics")
 }
 
 // getStatus returns a step that GETs /x through the proxy and requires
@@ -981,4 +991,145 @@ func getStatus(code int) func(t *testing.T, front string) {
 		res.Body.Close()
 		require.Equal(t, code, res.StatusCode)
 	}
+}
+
+// attemptPoints returns the count of http.client.request.duration points
+// by server.port, with the error.type of each ("" for none).
+func attemptPoints(tb testing.TB, m metricdata.Metrics) map[int64]map[string]uint64 {
+	tb.Helper()
+	h, ok := m.Data.(metricdata.Histogram[float64])
+	require.True(tb, ok, "http.client.request.duration is a float64 histogram")
+	out := map[int64]map[string]uint64{}
+	for _, dp := range h.DataPoints {
+		port, ok := dp.Attributes.Value(semconv.ServerPortKey)
+		require.True(tb, ok, "every point has server.port")
+		_, ok = dp.Attributes.Value(semconv.ServerAddressKey)
+		require.True(tb, ok, "every point has server.address")
+		et, _ := dp.Attributes.Value(semconv.ErrorTypeKey)
+		if out[port.AsInt64()] == nil {
+			out[port.AsInt64()] = map[string]uint64{}
+		}
+		out[port.AsInt64()][et.AsString()] += dp.Count
+	}
+	return out
+}
+
+func portOf(tb testing.TB, u *url.URL) int64 {
+	tb.Helper()
+	p, err := strconv.Atoi(u.Port())
+	require.NoError(tb, err)
+	return int64(p)
+}
+
+func TestMetricsOfEachAttempt(t *testing.T) {
+	dead := deadURL(t)
+	resetter := mustParse(t, newUpstream(t, func(w http.ResponseWriter, r *http.Request) { resetConn(w) }).URL)
+	live := newFleet(t, 1, nil).urls(t)[0]
+	mp, reader := newReader(t)
+	log := newAttemptLog()
+	p := newBalanced(t, []*url.URL{dead, resetter, live}, tapproxy.WithBalancer(tapproxy.First()),
+		tapproxy.WithMeterProvider(mp), tapproxy.WithObserver(log), tapproxy.WithRetry(tapproxy.Retry{}))
+	front := serve(t, p, false)
+	res, _ := get(t, front.Client(), front.URL)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	a := log.next(t)
+	assert.Equal(t, 3, a.Attempts)
+	assert.Equal(t, live.Host, a.Upstream)
+	assert.NoError(t, a.Err)
+
+	got := waitRecorded(t, reader, 1)
+	assert.Equal(t, map[int64]map[string]uint64{
+		portOf(t, dead):     {"upstream_unavailable": 1},
+		portOf(t, resetter): {"upstream_reset": 1},
+		portOf(t, live):     {"": 1},
+	}, attemptPoints(t, got[httpconv.ClientRequestDuration{}.Name()]), "one point per attempt, with its upstream")
+	assert.Equal(t, map[attribute.Distinct]int64{
+		key(upAttrs(t, dead, attribute.String("tapproxy.retry.reason", "dial"))):      1,
+		key(upAttrs(t, resetter, attribute.String("tapproxy.retry.reason", "reset"))): 1,
+	}, sumPoints(got["tapproxy.retries"]), "retries by reason, with the failed attempt's upstream")
+	assert.Equal(t, map[attribute.Distinct]int64{
+		key(upAttrs(t, dead)):     0,
+		key(upAttrs(t, resetter)): 0,
+		key(upAttrs(t, live)):     0,
+	}, sumPoints(got[httpconv.ClientActiveRequests{}.Name()]), "every attempt's hold ended")
+	assert.Equal(t, map[attribute.Distinct]int64{
+		key(upAttrs(t, dead)):     1,
+		key(upAttrs(t, resetter)): 1,
+		key(upAttrs(t, live)):     1,
+	}, sumPoints(got["tapproxy.upstream.healthy"]), "one failure each ejects nobody")
+	assert.EqualValues(t, 1, histogramCount(got[httpconv.ServerRequestDuration{}.Name()]), "one server point per request")
+}
+
+func TestMetricsClientActiveRequestsPerUpstream(t *testing.T) {
+	held, release := make(chan struct{}, 1), make(chan struct{})
+	f := newFleet(t, 2, func(i int, w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		http.NewResponseController(w).Flush()
+		if i == 0 {
+			held <- struct{}{}
+			<-release
+		}
+	})
+	mp, reader := newReader(t)
+	p := newBalanced(t, f.urls(t), tapproxy.WithBalancer(tapproxy.First()), tapproxy.WithMeterProvider(mp))
+	front := serve(t, p, false)
+	res, err := front.Client().Get(front.URL)
+	require.NoError(t, err)
+	defer res.Body.Close()
+	<-held
+	active := func() map[attribute.Distinct]int64 {
+		return sumPoints(collect(t, reader)[httpconv.ClientActiveRequests{}.Name()])
+	}
+	assert.Equal(t, map[attribute.Distinct]int64{key(upAttrs(t, f.urls(t)[0])): 1}, active(),
+		"in flight while the body streams")
+	close(release)
+	io.Copy(io.Discard, res.Body)
+	require.Eventually(t, func() bool { return active()[key(upAttrs(t, f.urls(t)[0]))] == 0 }, waitTimeout, time.Millisecond)
+}
+
+func TestOneObserverCallPerRequest(t *testing.T) {
+	const requests, workers = 300, 8
+	busy := mustParse(t, newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}).URL)
+	live := newFleet(t, 1, nil).urls(t)[0]
+	dead := deadURL(t)
+	mp, reader := newReader(t)
+	log := newAttemptLog()
+	p := newBalanced(t, []*url.URL{dead, busy, live}, tapproxy.WithBalancer(tapproxy.RoundRobin()),
+		tapproxy.WithMeterProvider(mp), tapproxy.WithObserver(log),
+		tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: -1}),
+		tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}, Budget: 1}))
+	front := serve(t, p, false)
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	for range workers {
+		wg.Go(func() {
+			for next.Add(1) <= requests {
+				res, err := front.Client().Get(front.URL)
+				if assert.NoError(t, err) {
+					io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+					assert.Equal(t, http.StatusOK, res.StatusCode)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	front.Close()
+	all := log.snapshot()
+	require.Len(t, all, requests)
+	attempts := 0
+	for _, a := range all {
+		assert.Equal(t, live.Host, a.Upstream)
+		assert.Equal(t, http.StatusOK, a.Status)
+		assert.GreaterOrEqual(t, a.Attempts, 1)
+		assert.LessOrEqual(t, a.Attempts, 3)
+		attempts += a.Attempts
+	}
+	got := collect(t, reader)
+	assert.EqualValues(t, attempts, histogramCount(got[httpconv.ClientRequestDuration{}.Name()]), "one client point per attempt")
+	assert.EqualValues(t, requests, histogramCount(got[httpconv.ServerRequestDuration{}.Name()]))
 }

@@ -44,6 +44,10 @@ type config struct {
 	async           bool
 	asyncWorkers    int
 	asyncQueue      int
+	balancer        Balancer
+	healthCheck     *HealthCheck
+	passiveHealth   *PassiveHealth
+	retry           *Retry
 }
 
 func newConfig(opts []Option) *config {
@@ -61,6 +65,9 @@ func newConfig(opts []Option) *config {
 	}
 	if c.meterProvider == nil {
 		c.meterProvider = otel.GetMeterProvider()
+	}
+	if c.balancer == nil {
+		c.balancer = LeastRequests()
 	}
 	return c
 }

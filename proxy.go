@@ -10,16 +10,21 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"runtime/debug"
+	"slices"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
 )
 
-// Proxy is an observing reverse proxy to one target. It is an
-// [http.Handler] built on [httputil.ReverseProxy]: the response streams to
-// the client as it arrives, while a size-capped copy of its body is taken
-// for the observers. Create one with [New]; it is safe for concurrent use.
+// Proxy is an observing reverse proxy to one target, from [New], or to a
+// pool of them, from [NewBalanced]. It is an [http.Handler] built on
+// [httputil.ReverseProxy]: the response streams to the client as it
+// arrives, while a size-capped copy of its body is taken for the
+// observers. It is safe for concurrent use.
 type Proxy struct {
 	rp              httputil.ReverseProxy
-	target          *url.URL
+	pool            *pool
+	retry           *retryPolicy // nil: one attempt per request
 	directors       []Director
 	observers       []ResponseObserver
 	captureLimit    int
@@ -36,6 +41,7 @@ type Proxy struct {
 	metrics         *meters
 	transport       http.RoundTripper
 	async           *dispatcher // nil: observers run on the request's goroutine
+	healthGauge     metric.Registration
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -44,17 +50,59 @@ var _ http.Handler = (*Proxy)(nil)
 // request's path to the target's path as [httputil.ProxyRequest.SetURL]
 // does. The target needs scheme http or https and a host. New reports bad
 // input as an error and never panics.
+//
+// [WithRetry] and [WithPassiveHealth] work with New too: retries go to the
+// same target. [Proxy.SetUpstreams] can later make a pool of it.
 func New(target *url.URL, opts ...Option) (*Proxy, error) {
 	c := newConfig(opts)
+	return newProxy(c, []*url.URL{target}, nil, checkTarget(target))
+}
+
+// NewBalanced returns a Proxy that balances requests over targets with the
+// [Balancer] of [WithBalancer] ([LeastRequests] by default). The targets
+// share one scheme and one base path, which each request's path is joined
+// to as in [New]; their paths compare as escaped, with a trailing slash
+// ignored. None may carry a query or userinfo, or appear twice.
+//
+// Passive health is on with the defaults of [PassiveHealth], and a failed
+// dial is retried on an upstream not yet tried, up to three attempts, even
+// without [WithRetry]: nothing was sent, so any request may go elsewhere.
+// Active checks are on with [WithHealthCheck]. Each upstream's metrics carry
+// its server.address and server.port.
+//
+// NewBalanced reports bad input, such as no targets, as one joined error and
+// never panics.
+func NewBalanced(targets []*url.URL, opts ...Option) (*Proxy, error) {
+	c := newConfig(opts)
 	var errs []error
-	switch {
-	case target == nil:
-		errs = append(errs, errors.New("tapproxy: target URL is nil"))
-	case target.Scheme != "http" && target.Scheme != "https":
-		errs = append(errs, fmt.Errorf("tapproxy: target %q: scheme must be http or https", target.Redacted()))
-	case target.Host == "":
-		errs = append(errs, fmt.Errorf("tapproxy: target %q has no host", target.Redacted()))
+	if len(targets) == 0 {
+		errs = append(errs, errors.New("tapproxy: NewBalanced needs at least one target"))
 	}
+	errs = append(errs, checkTargets(targets))
+	var weights []int
+	if w, ok := c.balancer.(weighted); ok {
+		weights = w.initialWeights()
+		if len(weights) != len(targets) {
+			errs = append(errs, fmt.Errorf("tapproxy: WeightedRoundRobin has %d weights for %d targets", len(weights), len(targets)))
+		}
+		for i, w := range weights {
+			if w < 1 {
+				errs = append(errs, fmt.Errorf("tapproxy: weight %d of target %d is below 1", w, i))
+			}
+		}
+	}
+	if weights == nil {
+		weights = make([]int, len(targets))
+	}
+	return newProxy(c, targets, weights, errors.Join(errs...))
+}
+
+// newProxy validates c and builds a Proxy over targets. weights is nil for
+// New, and otherwise holds one weight per target; targetErr says what is
+// wrong with the targets.
+func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*Proxy, error) {
+	balanced := weights != nil
+	errs := []error{targetErr}
 	if c.captureLimit < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: capture limit %d is negative", c.captureLimit))
 	}
@@ -70,6 +118,19 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 	if c.captureBudget < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: capture budget %d is negative", c.captureBudget))
 	}
+	retry, err := newRetryPolicy(c.retry, balanced)
+	errs = append(errs, err)
+	var passive *passiveHealth
+	if balanced || c.passiveHealth != nil {
+		passive, err = newPassiveHealth(c.passiveHealth)
+		errs = append(errs, err)
+	}
+	var checks *healthChecker
+	if c.healthCheck != nil {
+		hc, ref, err := c.healthCheck.withDefaults()
+		errs = append(errs, err)
+		checks = &healthChecker{hc: hc, ref: ref, rt: c.transport, stops: make(map[*Upstream]context.CancelFunc)}
+	}
 	m, err := newMeters(c)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("tapproxy: creating instruments: %w", err))
@@ -78,9 +139,19 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 		return nil, err
 	}
 
-	t := *target // the caller may reuse theirs
+	pl := &pool{balancer: c.balancer, passive: passive, checker: checks, metrics: m, balanced: balanced}
+	ups := make([]*Upstream, len(targets))
+	for i, t := range targets {
+		w := 1
+		if balanced && weights[i] > 0 {
+			w = weights[i]
+		}
+		ups[i] = pl.newUpstream(t, w)
+	}
+	pl.store(ups, time.Now())
 	p := &Proxy{
-		target:          &t,
+		pool:            pl,
+		retry:           retry,
 		directors:       c.directors,
 		observers:       c.observers,
 		errorHandler:    c.errorHandler,
@@ -101,12 +172,19 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 		p.captureLimit = int(min(c.captureLimit, math.MaxInt32))
 		p.reqCapture = int(min(c.reqCapture, math.MaxInt32))
 	}
+	if p.healthGauge, err = m.observeHealth(pl); err != nil {
+		return nil, fmt.Errorf("tapproxy: registering the upstream health gauge: %w", err)
+	}
 	if c.async && len(c.observers) > 0 {
 		p.async = newDispatcher(p, c.asyncWorkers, c.asyncQueue)
 	}
+	if checks != nil {
+		checks.pool = pl
+		checks.sync(ups)
+	}
 	p.rp = httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
-		Transport:      roundTripper{c.transport},
+		Transport:      &roundTripper{rt: c.transport, pool: pl, retry: retry},
 		FlushInterval:  c.flushInterval,
 		ErrorLog:       slog.NewLogLogger(c.logger.Handler(), slog.LevelError),
 		BufferPool:     copyBuffers,
@@ -116,12 +194,18 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 	return p, nil
 }
 
-// ServeHTTP proxies r to the target and, once the response has ended, hands
-// the exchange to the observers.
+// errEmptyPool is the cause of ErrNoUpstream.
+var errEmptyPool = errors.New("the pool is empty")
+
+// ServeHTTP proxies r to an upstream and, once the response has ended,
+// hands the exchange to the observers.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := states.Get().(*exchangeState)
 	st.ex.Start = time.Now()
-	st.target = p.target
+	st.route.set = p.pool.current()
+	if p.retry != nil {
+		p.retry.active.Add(1)
+	}
 	st.resp.limit, st.resp.pool, st.resp.budget = p.captureLimit, &p.captures, p.budget
 	st.w = w
 	p.metrics.begin(r.Context(), st, r)
@@ -130,46 +214,40 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// response with http.ErrAbortHandler; that panic then goes on to the
 	// server, which closes the connection.
 	defer p.finish(ctx, st)
-	p.rp.ServeHTTP(w, r.WithContext(ctx))
+	if len(st.route.set.all) == 0 {
+		p.onError(w, r.WithContext(ctx), newKindError(errNoUpstream, errEmptyPool))
+	} else {
+		p.rp.ServeHTTP(w, r.WithContext(ctx))
+	}
 	st.served = true
 }
 
+// rewrite is the ReverseProxy's Rewrite: it picks the upstream, routes the
+// request there, and runs the directors.
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
-	pr.SetURL(p.target)
+	// The state is found through In: a director may replace Out.
+	st := stateFrom(pr.In.Context())
+	u := p.pool.pick(&st.route, pr.In)
+	st.target = u.url
+	pr.SetURL(u.url)
 	for _, d := range p.directors {
 		d(pr)
 	}
+	st.route.hostSet = pr.Out.Host != ""
 	// Wrap the body last, so that what is counted is what goes upstream.
 	if pr.Out.Body != nil {
-		st := stateFrom(pr.Out.Context())
 		st.req = &requestTee{rc: pr.Out.Body, left: -1}
 		if pr.Out.ContentLength > 0 {
 			st.req.left = pr.Out.ContentLength
 		}
 		st.req.buf.limit, st.req.buf.pool, st.req.buf.budget = p.reqCapture, &p.reqCaptures, p.budget
 		pr.Out.Body = st.req
+		if p.retry != nil {
+			// Under the attempts, the tee reads each byte once.
+			st.replay = newReplayBody(st.req, pr.Out.ContentLength, p.retry.bodyLimit)
+			pr.Out.Body, pr.Out.GetBody = st.replay.reader(), st.replay.getBody
+		}
 	}
-}
-
-// roundTripper records when the upstream's response headers arrived, and
-// makes sure the response refers to its request, as ModifyResponse needs.
-type roundTripper struct{ rt http.RoundTripper }
-
-func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
-	st := stateFrom(req.Context())
-	st.metrics.sending()
-	res, err := t.rt.RoundTrip(req)
-	st.ex.Request = req
-	if err != nil {
-		return nil, err
-	}
-	st.ex.TimeToHeaders = time.Since(st.ex.Start)
-	st.ex.Response = res
-	st.metrics.received(res)
-	if res.Request == nil {
-		res.Request = req
-	}
-	return res, nil
 }
 
 // onResponse is the ReverseProxy's ModifyResponse: it runs the user's hook,
@@ -208,31 +286,28 @@ func (p *Proxy) onError(w http.ResponseWriter, r *http.Request, err error) {
 		// The response arrived but could not be relayed: the user's hook
 		// or the protocol switch failed. Only the client's leaving is a
 		// kind of ours; other errors are the caller's own.
-		err = &kindError{kind: ErrClientGone, err: err}
+		err = newKindError(errClientGone, err)
 	}
 	st.err = err
+	kind := errKindOf(err)
 	// The metrics take the status the client got; one that left got none.
-	gone := kindOf(err) == ErrClientGone
 	if p.errorHandler != nil {
 		sw := &statusWriter{ResponseWriter: w}
 		p.errorHandler(sw, r, err)
-		if !gone {
+		if kind != errClientGone {
 			st.metrics.status = sw.code
 		}
 		return
 	}
-	code := http.StatusBadGateway
-	switch kindOf(err) {
-	case ErrClientGone:
+	code := errorKinds[kind].status
+	if code == 0 {
 		// Nobody will read this; leaving is not a proxy failure.
-	case ErrUpstreamTimeout:
-		code = http.StatusGatewayTimeout
-		fallthrough
-	default:
-		st.metrics.status = code
-		p.logger.LogAttrs(r.Context(), slog.LevelError, "tapproxy: upstream error",
-			slog.String("method", r.Method), slog.String("url", r.URL.Redacted()), slog.Any("error", err))
+		w.WriteHeader(http.StatusBadGateway)
+		return
 	}
+	st.metrics.status = code
+	p.logger.LogAttrs(r.Context(), slog.LevelError, "tapproxy: upstream error",
+		slog.String("method", r.Method), slog.String("url", r.URL.Redacted()), slog.Any("error", err))
 	w.WriteHeader(code)
 }
 
@@ -264,6 +339,7 @@ func (p *Proxy) finish(ctx context.Context, st *exchangeState) {
 	}
 	ex.Duration = time.Since(ex.Start)
 	ex.Err = endErr(ctx, st)
+	p.settleRoute(st)
 	if body := st.resp.bytes(); int64(len(body)) > ex.BodyBytes {
 		ex.body = body[:ex.BodyBytes]
 	} else {
@@ -291,6 +367,41 @@ func (p *Proxy) finish(ctx context.Context, st *exchangeState) {
 		return
 	}
 	p.runObservers(st)
+}
+
+// settleRoute ends the final attempt's hold on its upstream, tells its
+// health how it went, and fills in the exchange's route.
+func (p *Proxy) settleRoute(st *exchangeState) {
+	ex, rs := &st.ex, &st.route
+	if rs.cancelTry != nil {
+		rs.cancelTry(nil)
+	}
+	if p.retry != nil {
+		p.retry.release(rs)
+		p.retry.active.Add(-1)
+	}
+	ex.Attempts = rs.attempts
+	if ex.Request == nil {
+		ex.Request = st.metrics.in
+	}
+	u := rs.up
+	if u == nil {
+		return
+	}
+	ex.Upstream = u.url
+	switch kind := errKindOf(ex.Err); {
+	case kind == errUnavailable, kind == errTimeout, kind == errReset, kind == errMalformed:
+		p.pool.failed(u, ex.Err)
+	case kind != errNone || ex.Response == nil:
+		// The client left, or a hook failed: no word on the upstream.
+	case p.pool.passive != nil && slices.Contains(p.pool.passive.Statuses, st.metrics.upStatus):
+		p.pool.failed(u, fmt.Errorf("tapproxy: status %d", st.metrics.upStatus))
+	case p.retry != nil && slices.Contains(p.retry.statuses, st.metrics.upStatus):
+		// Retried statuses count neither way.
+	default:
+		p.pool.succeeded(u)
+	}
+	p.pool.done(u, st.metrics.in)
 }
 
 // runObservers calls the observers in order, then releases st: its pooled
@@ -326,7 +437,7 @@ func endErr(ctx context.Context, st *exchangeState) error {
 	if cause == nil {
 		cause = errWriteFailed
 	}
-	return &kindError{kind: ErrClientGone, err: cause}
+	return newKindError(errClientGone, cause)
 }
 
 // observe calls the observer at index i, containing its panic. If timed, it

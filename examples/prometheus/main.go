@@ -12,7 +12,8 @@
 //
 // The flags:
 //
-//	-target-url URL  proxy to this service instead of the demo API
+//	-target-url URL  proxy to this service instead of the demo API; repeat
+//	                 it to balance over several replicas of the service
 //	-port N          the proxy's port (default 8080)
 //	-metrics-port N  the port of /metrics (default 9090)
 //	-demo N          send N requests through the proxy, print the metrics
@@ -97,7 +98,7 @@ func exitCode(err error, stderr io.Writer) int {
 }
 
 type config struct {
-	target      *url.URL // nil: the embedded demo API
+	targets     []*url.URL // none: the embedded demo API
 	port        int
 	metricsPort int
 	demo        int
@@ -108,12 +109,15 @@ type config struct {
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var (
-		c      config
-		target string
+		c       config
+		targets []string
 	)
 	fs := flag.NewFlagSet("prometheus", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors go out in one line, from main
-	fs.StringVar(&target, "target-url", "", "proxy to this `URL` instead of the embedded demo API")
+	fs.Func("target-url", "proxy to this `URL` instead of the embedded demo API; repeat it to balance over several", func(target string) error {
+		targets = append(targets, target)
+		return nil
+	})
 	fs.IntVar(&c.port, "port", 8080, "the proxy's `port`")
 	fs.IntVar(&c.metricsPort, "metrics-port", 9090, "the `port` that serves /metrics")
 	fs.IntVar(&c.demo, "demo", 0, "send `N` requests through the proxy, print the metrics they produced, and exit")
@@ -139,12 +143,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	case c.demo < 0:
 		return c, usagef("-demo %d: must not be negative", c.demo)
 	}
-	if target != "" {
+	for _, target := range targets {
 		u, err := url.Parse(target)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return c, usagef("-target-url %q: want an absolute http or https URL", target)
 		}
-		c.target = u
+		c.targets = append(c.targets, u)
 	}
 	return c, nil
 }
@@ -165,7 +169,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return a.demo(ctx, cfg, stdout)
 	}
 	fmt.Fprintf(stdout, "Proxying %s to %s.\n", a.proxyURL, a.target)
-	if cfg.target == nil {
+	if len(cfg.targets) == 0 {
 		fmt.Fprintf(stdout, "Try:\n  curl %[1]s/\n  curl %[1]s/api/orders\n  curl %[1]s/api/orders/1001\n  curl %[1]s/api/flaky\n", a.proxyURL)
 	} else {
 		fmt.Fprintf(stdout, "Try:\n  curl %s/\n", a.proxyURL)
@@ -219,9 +223,9 @@ func start(cfg config, logger *slog.Logger) (*app, error) {
 		}
 	}()
 
-	target := cfg.target
+	targets := cfg.targets
 	var opts []tapproxy.Option
-	if target == nil {
+	if len(targets) == 0 {
 		api, err := newDemoAPI()
 		if err != nil {
 			return nil, err
@@ -232,11 +236,15 @@ func start(cfg config, logger *slog.Logger) (*app, error) {
 		}
 		a.upstream = newServer(api, logger)
 		go a.serve(a.upstream, ul)
-		target = &url.URL{Scheme: "http", Host: ul.Addr().String()}
-		a.target = target.String() + " (the embedded demo API)"
+		targets = []*url.URL{{Scheme: "http", Host: ul.Addr().String()}}
+		a.target = targets[0].String() + " (the embedded demo API)"
 		opts = append(opts, tapproxy.WithRoute(routeOf(api)))
 	} else {
-		a.target = target.Redacted()
+		names := make([]string, len(targets))
+		for i, t := range targets {
+			names[i] = t.Redacted()
+		}
+		a.target = strings.Join(names, ", ")
 	}
 
 	// The exporter is a reader of the MeterProvider that the proxy and the
@@ -265,11 +273,19 @@ func start(cfg config, logger *slog.Logger) (*app, error) {
 		opts = append(opts, tapproxy.WithObserver(rec))
 		mux.Handle("/har", rec.Handler())
 	}
-	proxy, err := tapproxy.New(target, append(opts,
+	opts = append(opts,
 		tapproxy.WithMeterProvider(a.mp),
 		tapproxy.WithDirector(tapproxy.ForwardedHeaders()),
 		tapproxy.WithObserver(orders),
-		tapproxy.WithLogger(logger))...)
+		tapproxy.WithLogger(logger))
+	// One target is proxied as it is; several are a pool, balanced by
+	// least requests, with passive health and dial retries.
+	var proxy *tapproxy.Proxy
+	if len(targets) == 1 {
+		proxy, err = tapproxy.New(targets[0], opts...)
+	} else {
+		proxy, err = tapproxy.NewBalanced(targets, opts...)
+	}
 	if err != nil {
 		return nil, usageError{err}
 	}
@@ -327,7 +343,7 @@ func (a *app) close() {
 // they produced.
 func (a *app) demo(ctx context.Context, cfg config, stdout io.Writer) error {
 	paths := demoPaths
-	if cfg.target != nil {
+	if len(cfg.targets) > 0 {
 		paths = []string{"/"}
 	}
 	client := &http.Client{Timeout: 30 * time.Second}

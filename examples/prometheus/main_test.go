@@ -9,13 +9,16 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -287,4 +290,30 @@ type tbWriter struct{ t testing.TB }
 func (w tbWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
+}
+
+func TestDemoBalancesOverSeveralTargets(t *testing.T) {
+	var hits [2]atomic.Int64
+	var targets []string
+	for i := range hits {
+		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			hits[i].Add(1)
+			fmt.Fprintf(w, "replica %d", i)
+		}))
+		t.Cleanup(up.Close)
+		targets = append(targets, "-target-url", up.URL)
+	}
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	args := append([]string{"-demo", "40", "-port", "0", "-metrics-port", "0"}, targets...)
+	require.NoError(t, run(ctx, args, &stdout, &stderr), stderr.String())
+	out := stdout.String()
+	t.Log(out)
+	for i := range hits {
+		assert.Positive(t, hits[i].Load(), "replica %d got requests", i)
+		host := strings.TrimPrefix(targets[2*i+1], "http://")
+		assert.Regexp(t, `(?m)^ *GET `+regexp.QuoteMeta(host)+` 200 +\d+ requests`, out, "the upstream leg's metrics name each replica")
+	}
+	assert.Equal(t, int64(40), hits[0].Load()+hits[1].Load())
 }

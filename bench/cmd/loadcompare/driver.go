@@ -24,10 +24,11 @@ import (
 // observer reading its 64 KiB capture and metrics recorded, the subject of
 // the budget.
 const (
-	direct = "direct"
-	bare   = "bare"
-	stdlib = "stdlib"
-	full   = "full"
+	direct   = "direct"
+	bare     = "bare"
+	stdlib   = "stdlib"
+	full     = "full"
+	balanced = "balanced"
 )
 
 var descriptions = map[string]string{
@@ -39,6 +40,7 @@ var descriptions = map[string]string{
 	"observer": "tapproxy, one observer reading the 64 KiB capture",
 	full:       "tapproxy, observer reading the 64 KiB capture, metrics on (SDK MeterProvider, ManualReader)",
 	harVariant: "tapproxy, WithAsyncObservers(2, 4096), every exchange recorded into a har.Recorder (default bounds)",
+	balanced:   "tapproxy.NewBalanced over 3 upstream addresses (least requests, passive health, dial retries), no observer",
 }
 
 // harVariant is judged against "tapproxy", the same proxy without the
@@ -46,7 +48,7 @@ var descriptions = map[string]string{
 const harVariant = "har"
 
 func allVariants() []string {
-	return []string{direct, bare, stdlib, "naive", "tapproxy", "observer", full, harVariant}
+	return []string{direct, bare, stdlib, "naive", "tapproxy", "observer", full, harVariant, balanced}
 }
 
 // child is a process started in a role.
@@ -110,6 +112,15 @@ func startChild(ctx context.Context, lifetime time.Duration, env ...string) (*ch
 }
 
 func (c *child) url() string { return "http://" + c.addrs[0] }
+
+// urls is every address the child listens on, as URLs joined by commas.
+func (c *child) urls() string {
+	urls := make([]string, len(c.addrs))
+	for i, a := range c.addrs {
+		urls[i] = "http://" + a
+	}
+	return strings.Join(urls, ",")
+}
 
 // stop ends the child: it exits when its stdin closes, or is killed.
 func (c *child) stop() {
@@ -371,7 +382,7 @@ func runLoad(ctx context.Context, cfg config, up *child, variants []string, rep 
 		urls[v] = up.url()
 		if v != direct {
 			c, err := startChild(ctx, cfg.timeout+time.Minute,
-				envRole+"=proxy", envVariant+"="+v, envTarget+"="+up.url())
+				envRole+"=proxy", envVariant+"="+v, envTarget+"="+up.urls())
 			if err != nil {
 				return fmt.Errorf("variant %s: %w", v, err)
 			}
@@ -440,7 +451,7 @@ func runBig(ctx context.Context, cfg config, up *child, variants []string, rep *
 			continue
 		}
 		c, err := startChild(ctx, cfg.timeout+time.Minute,
-			envRole+"=proxy", envVariant+"="+v, envTarget+"="+up.url())
+			envRole+"=proxy", envVariant+"="+v, envTarget+"="+up.urls())
 		if err != nil {
 			return fmt.Errorf("variant %s: %w", v, err)
 		}

@@ -46,7 +46,7 @@ func TestQuickRun(t *testing.T) {
 			assert.Len(t, rows, 3, "variant %s: a load row, a large-response row and a description", v)
 		}
 		verdicts := regexp.MustCompile(`(?m)^(- \*\*)?(PASS|FAIL)\b`).FindAllString(report, -1)
-		assert.Len(t, verdicts, 6, "one verdict per budget line")
+		assert.Len(t, verdicts, 8, "one verdict per budget line")
 		assert.Contains(t, report, "1.0 MiB response")
 		assert.NotContains(t, report, "SKIP")
 		if markdown {

@@ -18,6 +18,10 @@ const (
 	maxHeapGrowth    = 16 << 20
 	maxTTFBRatio     = 1.2
 	minRatioHAR      = 0.85 // har against tapproxy
+	// tapproxy with no observer against bare, and a pool of three against
+	// one upstream: what routing through New and NewBalanced costs.
+	minNewToBare     = 0.95
+	minBalancedToNew = 0.95
 )
 
 // table prints as aligned text or as Markdown.
@@ -146,6 +150,20 @@ func (r *report) print(w io.Writer, md bool) (failed bool) {
 	if h, t := r.load[harVariant], r.load["tapproxy"]; h != nil && t != nil {
 		check(h.rps() >= minRatioHAR*t.rps(), true, "req/s with every exchange recorded into a har.Recorder (async) >= %.2f x tapproxy: %.0f vs %.0f, %s",
 			minRatioHAR, h.rps(), t.rps(), budgetRatio(h.rps(), t.rps()))
+	} else {
+		check(false, false, "har against tapproxy: variant missing")
+	}
+	if t := r.load["tapproxy"]; t != nil && b != nil {
+		check(t.rps() >= minNewToBare*b.rps(), true, "New, no observer: req/s >= %.2f x bare: %.0f vs %.0f, %s",
+			minNewToBare, t.rps(), b.rps(), budgetRatio(t.rps(), b.rps()))
+	} else {
+		check(false, false, "New against bare: variant missing")
+	}
+	if nb, t := r.load[balanced], r.load["tapproxy"]; nb != nil && t != nil {
+		check(nb.rps() >= minBalancedToNew*t.rps(), true, "NewBalanced over %d: req/s >= %.2f x New over 1: %.0f vs %.0f, %s",
+			poolSize, minBalancedToNew, nb.rps(), t.rps(), budgetRatio(nb.rps(), t.rps()))
+	} else {
+		check(false, false, "NewBalanced against New: variant missing")
 	}
 	sep := "\n"
 	fmt.Fprintln(w, strings.Join(lines, sep))

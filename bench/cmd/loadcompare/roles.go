@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,15 +54,31 @@ func runRole() {
 
 	switch role := os.Getenv(envRole); role {
 	case "upstream":
-		ln := listen()
-		fmt.Printf("LISTEN %s\n", ln.Addr())
-		log.Fatal(quietServer(upstreamHandler()).Serve(ln))
-	case "proxy":
-		target, err := url.Parse(os.Getenv(envTarget))
-		if err != nil {
-			log.Fatal(err)
+		// One process, several addresses: the balanced variant's pool
+		// needs distinct upstreams, and one process keeps the upstream's
+		// share of the machine the same for every variant.
+		h := upstreamHandler()
+		lns := make([]net.Listener, poolSize)
+		addrs := make([]string, poolSize)
+		for i := range lns {
+			lns[i] = listen()
+			addrs[i] = lns[i].Addr().String()
 		}
-		h, err := newVariant(os.Getenv(envVariant), target)
+		fmt.Printf("LISTEN %s\n", strings.Join(addrs, " "))
+		for _, ln := range lns[1:] {
+			go func() { log.Fatal(quietServer(h).Serve(ln)) }()
+		}
+		log.Fatal(quietServer(h).Serve(lns[0]))
+	case "proxy":
+		var targets []*url.URL
+		for _, t := range strings.Split(os.Getenv(envTarget), ",") {
+			u, err := url.Parse(t)
+			if err != nil {
+				log.Fatal(err)
+			}
+			targets = append(targets, u)
+		}
+		h, err := newVariant(os.Getenv(envVariant), targets)
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -140,8 +157,14 @@ func upstreamHandler() http.Handler {
 	return mux
 }
 
-// newVariant builds the proxy a variant names.
-func newVariant(name string, target *url.URL) (http.Handler, error) {
+// poolSize is how many addresses the upstream serves on, and the balanced
+// variant balances over.
+const poolSize = 3
+
+// newVariant builds the proxy a variant names. Every variant but the
+// balanced one proxies to the first target.
+func newVariant(name string, targets []*url.URL) (http.Handler, error) {
+	target := targets[0]
 	switch name {
 	case "bare":
 		return bareProxy(target), nil
@@ -155,6 +178,8 @@ func newVariant(name string, target *url.URL) (http.Handler, error) {
 		return tapproxy.New(target, tapproxy.WithLogger(discardLogger))
 	case "observer":
 		return tapproxy.New(target, tapproxy.WithLogger(discardLogger), tapproxy.WithObserver(readCapture))
+	case balanced:
+		return tapproxy.NewBalanced(targets, tapproxy.WithLogger(discardLogger))
 	case full:
 		// Collected by nobody, as between two scrapes: recording is the
 		// cost a request pays.
