@@ -134,8 +134,10 @@ type exchangeState struct {
 	// carries the same values as octx, and looking them up through it
 	// does not allocate, unlike through context.WithoutCancel's.
 	rctx   context.Context
-	err    error // from the error handler, classified
-	served bool  // ReverseProxy.ServeHTTP returned rather than panicked
+	err    error        // from the error handler, classified
+	served bool         // ReverseProxy.ServeHTTP returned rather than panicked
+	local  bool         // the proxy answered itself; nothing went upstream
+	limit  *limitedBody // the request body, if the body limit watches it
 	w      http.ResponseWriter
 
 	metrics exchangeMetrics

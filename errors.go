@@ -37,6 +37,15 @@ var (
 	// ErrClientGone means the client went away (canceled the request or
 	// closed the connection) before the response was delivered.
 	ErrClientGone = errors.New("tapproxy: client gone")
+
+	// ErrBadRequest means the proxy refused the request as the client sent
+	// it and answered it itself, sending nothing upstream: a path that
+	// climbs above / (400), an escaped slash under [RejectEscaped] (400),
+	// a CONNECT (405), or a body over [WithRequestBodyLimit] (413). A body
+	// of unknown length that grew past the limit after the request went
+	// upstream is of this kind too, and the cause is then an
+	// [*http.MaxBytesError] as well.
+	ErrBadRequest = errors.New("tapproxy: bad request")
 )
 
 // kindError pairs a kind from the list above with the error that caused it.

@@ -62,6 +62,7 @@ const (
 	errorTypeReset       = "upstream_reset"
 	errorTypeMalformed   = "upstream_malformed"
 	errorTypeClientGone  = "client_gone"
+	errorTypeBadRequest  = "bad_request"
 	errorTypeOther       = "_OTHER"
 )
 
@@ -80,6 +81,7 @@ const (
 	errReset
 	errMalformed
 	errClientGone
+	errBadRequest
 	errOther
 )
 
@@ -90,6 +92,7 @@ var errorTypeNames = [...]string{
 	errReset:       errorTypeReset,
 	errMalformed:   errorTypeMalformed,
 	errClientGone:  errorTypeClientGone,
+	errBadRequest:  errorTypeBadRequest,
 	errOther:       errorTypeOther,
 }
 
@@ -108,6 +111,8 @@ func errKindOf(err error) errKind {
 		return errMalformed
 	case ErrClientGone:
 		return errClientGone
+	case ErrBadRequest:
+		return errBadRequest
 	}
 	return errOther
 }
@@ -317,7 +322,7 @@ func (sm *exchangeMetrics) received(res *http.Response) {
 func (m *meters) record(ctx context.Context, st *exchangeState) {
 	ex, sm := &st.ex, &st.metrics
 	kind := errKindOf(ex.Err)
-	if out := ex.Request; out != nil {
+	if out := ex.Request; out != nil && !st.local {
 		cd, th := m.clientDuration.Enabled(ctx), m.timeToHeaders.Enabled(ctx) && sm.upStatus != 0
 		if cd || th {
 			k := clientKey{
