@@ -14,6 +14,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/semconv/v1.43.0/httpconv"
 
 	"github.com/tapproxy/tapproxy"
 )
@@ -223,4 +225,131 @@ func TestPathSeenByEveryStep(t *testing.T) {
 		t.Fatal("route function not called")
 	}
 	assert.Equal(t, "/v1/a/~c", rec.next(t).Path)
+}
+
+// TestConnectRefused checks that CONNECT is answered 405 with an Allow
+// header, never reaches the upstream, and is observed once.
+func TestConnectRefused(t *testing.T) {
+	up, got := pathUpstream(t, false)
+	rec := newRecorder()
+	front := pathFrontend(t, up, false, "/v1", tapproxy.WithObserver(rec))
+
+	status, header := rawRequest(t, front, false, http.MethodConnect, "example.com:443")
+	assert.Equal(t, http.StatusMethodNotAllowed, status)
+	assert.Contains(t, header.Get("Allow"), http.MethodGet)
+	assert.NotContains(t, header.Get("Allow"), http.MethodConnect)
+	assert.Empty(t, received(got), "CONNECT reached the upstream")
+
+	o := rec.next(t)
+	assert.ErrorIs(t, o.Err, tapproxy.ErrBadRequest)
+	assert.Equal(t, http.MethodConnect, o.Method)
+	assert.Equal(t, http.StatusMethodNotAllowed, o.Status)
+	assert.Equal(t, header.Get("Allow"), o.Header.Get("Allow"))
+	assert.Equal(t, 1, closeAndCount(t, front, rec))
+}
+
+// TestOptionsAsteriskAnswered checks that OPTIONS * is answered by the
+// proxy, 200 with Allow, rather than relayed as OPTIONS on the base path.
+func TestOptionsAsteriskAnswered(t *testing.T) {
+	up, got := pathUpstream(t, false)
+	rec := newRecorder()
+	srv := httptest.NewUnstartedServer(newProxy(t, up.URL+"/v1", tapproxy.WithObserver(rec)))
+	srv.Config.DisableGeneralOptionsHandler = true // let the proxy see it
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	status, header := rawRequest(t, srv, false, http.MethodOptions, "*")
+	assert.Equal(t, http.StatusOK, status)
+	assert.Contains(t, header.Get("Allow"), http.MethodOptions)
+	assert.Empty(t, received(got), "OPTIONS * reached the upstream")
+	o := rec.next(t)
+	assert.NoError(t, o.Err)
+	assert.Equal(t, http.StatusOK, o.Status)
+	assert.Equal(t, 1, closeAndCount(t, srv, rec))
+}
+
+// TestEscapedSlashActions checks each WithEscapedSlashes action.
+func TestEscapedSlashActions(t *testing.T) {
+	tests := []struct {
+		name     string
+		action   tapproxy.EscapedSlashAction
+		target   string
+		status   int
+		upstream string // what the upstream received, if anything
+		location string
+	}{
+		{"keep: slash", tapproxy.KeepEscaped, "/a%2Fb", http.StatusOK, "/v1/a%2Fb", ""},
+		{"keep: backslash", tapproxy.KeepEscaped, "/a%5cb", http.StatusOK, "/v1/a%5cb", ""},
+		{"reject: slash", tapproxy.RejectEscaped, "/a%2Fb", http.StatusBadRequest, "", ""},
+		{"reject: lower-case slash", tapproxy.RejectEscaped, "/a%2fb", http.StatusBadRequest, "", ""},
+		{"reject: backslash", tapproxy.RejectEscaped, "/a%5Cb", http.StatusBadRequest, "", ""},
+		{"reject: bare backslash", tapproxy.RejectEscaped, `/a\b`, http.StatusBadRequest, "", ""},
+		{"reject: none", tapproxy.RejectEscaped, "/a/b%41", http.StatusOK, "/v1/a/b%41", ""},
+		{"redirect: slash", tapproxy.UnescapeAndRedirect, "/a%2Fb?q=1", http.StatusTemporaryRedirect, "", "/a/b?q=1"},
+		{"redirect: dots resolved", tapproxy.UnescapeAndRedirect, "/x/a%5C..%5Cb%41", http.StatusTemporaryRedirect, "", "/x/b%41"},
+		{"redirect: never to another host", tapproxy.UnescapeAndRedirect, "/%2Fevil.example", http.StatusBadRequest, "", ""},
+		{"redirect: none", tapproxy.UnescapeAndRedirect, "/a/b", http.StatusOK, "/v1/a/b", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up, got := pathUpstream(t, false)
+			rec := newRecorder()
+			front := pathFrontend(t, up, false, "/v1", tapproxy.WithObserver(rec), tapproxy.WithEscapedSlashes(tt.action))
+			status, header := rawRequest(t, front, false, http.MethodGet, tt.target)
+			assert.Equal(t, tt.status, status)
+			assert.Equal(t, tt.location, header.Get("Location"))
+			assert.Equal(t, tt.upstream, received(got))
+			o := rec.next(t)
+			assert.Equal(t, tt.status, o.Status)
+			if tt.status == http.StatusBadRequest {
+				assert.ErrorIs(t, o.Err, tapproxy.ErrBadRequest)
+			} else {
+				assert.NoError(t, o.Err)
+			}
+			assert.Equal(t, 1, closeAndCount(t, front, rec))
+		})
+	}
+}
+
+// TestUnescapeAndRedirectIsFollowed checks that a client that follows the
+// redirect reaches the upstream with the unescaped path.
+func TestUnescapeAndRedirectIsFollowed(t *testing.T) {
+	up, got := pathUpstream(t, false)
+	front := pathFrontend(t, up, false, "/v1", tapproxy.WithEscapedSlashes(tapproxy.UnescapeAndRedirect))
+	res, body := get(t, front.Client(), front.URL+"/a%2Fb")
+	assert.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, "/v1/a/b", string(body))
+	assert.Equal(t, "/v1/a/b", received(got))
+}
+
+// TestPathNormalizationOff checks that WithPathNormalization(false) relays
+// dot-segments as the client sent them.
+func TestPathNormalizationOff(t *testing.T) {
+	up, got := pathUpstream(t, false)
+	front := pathFrontend(t, up, false, "/v1", tapproxy.WithPathNormalization(false))
+	for _, target := range []string{"/a/../b", "/%2e%2e/etc", "/.."} {
+		status, _ := rawRequest(t, front, false, http.MethodGet, target)
+		assert.Equal(t, http.StatusOK, status, target)
+		assert.Equal(t, "/v1"+target, received(got))
+	}
+}
+
+// TestBadRequestMetrics checks that a request the proxy refuses is counted
+// on the client-facing leg with its status and error.type bad_request, and
+// that no upstream leg is recorded for it.
+func TestBadRequestMetrics(t *testing.T) {
+	up, _ := pathUpstream(t, false)
+	mp, reader := newReader(t)
+	front := pathFrontend(t, up, false, "/v1", tapproxy.WithMeterProvider(mp))
+	status, _ := rawRequest(t, front, false, http.MethodGet, "/%2e%2e/etc")
+	require.Equal(t, http.StatusBadRequest, status)
+
+	got := waitRecorded(t, reader, 1)
+	sets := attrSets(got[httpconv.ServerRequestDuration{}.Name()])
+	require.Len(t, sets, 1)
+	errType, _ := sets[0].Value(semconv.ErrorTypeKey)
+	assert.Equal(t, "bad_request", errType.AsString())
+	code, _ := sets[0].Value(semconv.HTTPResponseStatusCodeKey)
+	assert.EqualValues(t, http.StatusBadRequest, code.AsInt64())
+	assert.Zero(t, histogramCount(got[httpconv.ClientRequestDuration{}.Name()]), "an upstream leg was recorded")
 }
