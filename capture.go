@@ -47,12 +47,18 @@ var _ ResponseObserver = ObserverFunc(nil)
 // call.
 type Exchange struct {
 	// Request is the outbound request as it was sent upstream, after the
-	// directors ran. Its body has been consumed; see RequestBody.
+	// directors ran. Its body has been consumed; see RequestBody. For a
+	// request the proxy answered itself without contacting the upstream
+	// (see ErrBadRequest), it is the inbound request, its path resolved
+	// as far as it went.
 	Request *http.Request
 
 	// Response is the upstream's response: its status, its headers, and
 	// (once the body ended) its trailers. Its body has been consumed; see
-	// Body. It is nil when no response arrived.
+	// Body. It is nil when no response arrived. When the proxy answered
+	// the request itself (a refusal of kind ErrBadRequest, a redirect of
+	// [UnescapeAndRedirect], or OPTIONS *), it is a synthetic response
+	// with the status and headers the client got, and no body.
 	Response *http.Response
 
 	// Start is when the proxy received the request.
@@ -96,11 +102,11 @@ type Exchange struct {
 
 	// Err is nil when the exchange ended cleanly, and otherwise says why
 	// it did not. It matches one of ErrUpstreamUnavailable,
-	// ErrUpstreamTimeout, ErrUpstreamReset, ErrUpstreamMalformed or
-	// ErrClientGone with [errors.Is] when the failure is of such a kind,
-	// and wraps the underlying error. A client that received every byte of
-	// a body of declared length had a clean exchange, even if it closed the
-	// connection straight after.
+	// ErrUpstreamTimeout, ErrUpstreamReset, ErrUpstreamMalformed,
+	// ErrClientGone or ErrBadRequest with [errors.Is] when the failure is
+	// of such a kind, and wraps the underlying error. A client that
+	// received every byte of a body of declared length had a clean
+	// exchange, even if it closed the connection straight after.
 	Err error
 
 	body, reqBody []byte
