@@ -322,8 +322,8 @@ func WithPathNormalization(on bool) Option {
 // holds an escaped slash or backslash (%2F, %2f, %5C, %5c): relay it as
 // it is ([KeepEscaped], the default), answer 400 ([RejectEscaped]), or
 // redirect the client to the path with them unescaped
-// ([UnescapeAndRedirect]). An action other than these makes [New] fail.
-// The last call wins.
+// ([UnescapeAndRedirect]). The zero value is KeepEscaped. An action other
+// than these makes [New] fail. The last call wins.
 func WithEscapedSlashes(action EscapedSlashAction) Option {
 	return optionFunc(func(c *config) { c.escapedSlashes = action })
 }
