@@ -40,11 +40,12 @@ var (
 
 	// ErrBadRequest means the proxy refused the request as the client sent
 	// it and answered it itself, sending nothing upstream: a path that
-	// climbs above / (400), an escaped slash under [RejectEscaped] (400),
-	// a CONNECT (405), or a body over [WithRequestBodyLimit] (413). A body
-	// of unknown length that grew past the limit after the request went
-	// upstream is of this kind too, and the cause is then an
-	// [*http.MaxBytesError] as well.
+	// climbs above / (400), an escaped slash under [RejectEscaped] (400)
+	// or one that [UnescapeAndRedirect] cannot redirect (400), a CONNECT
+	// (405), or a declared body over [WithRequestBodyLimit] (413). A body
+	// of unknown length that grew past the limit on its way upstream is of
+	// this kind too. For the body limit, the cause is an
+	// [*http.MaxBytesError].
 	ErrBadRequest = errors.New("tapproxy: bad request")
 )
 
