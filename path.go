@@ -64,7 +64,7 @@ var (
 	answerOptions    = &localAnswer{status: http.StatusOK, allow: true}
 	answerAboveRoot  = &localAnswer{status: http.StatusBadRequest, err: errPathAboveRoot}
 	answerEscaped    = &localAnswer{status: http.StatusBadRequest, err: errEscapedSlash}
-	answerRedirectTo = &localAnswer{status: http.StatusBadRequest, err: errRedirectHost}
+	answerOtherHost = &localAnswer{status: http.StatusBadRequest, err: errRedirectHost}
 )
 
 // screen looks at the request line before anything is routed: it answers
@@ -106,7 +106,7 @@ func (p *Proxy) screen(r *http.Request) (*http.Request, *localAnswer) {
 		}
 		loc := unescapeSlashes(esc)
 		if strings.HasPrefix(loc, "//") {
-			return r, answerRedirectTo
+			return r, answerOtherHost
 		}
 		if u.RawQuery != "" || u.ForceQuery {
 			loc += "?" + u.RawQuery
