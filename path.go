@@ -60,10 +60,10 @@ type localAnswer struct {
 
 // The answers known in advance, so that refusing costs no allocation.
 var (
-	answerConnect    = &localAnswer{status: http.StatusMethodNotAllowed, allow: true, err: errConnect}
-	answerOptions    = &localAnswer{status: http.StatusOK, allow: true}
-	answerAboveRoot  = &localAnswer{status: http.StatusBadRequest, err: errPathAboveRoot}
-	answerEscaped    = &localAnswer{status: http.StatusBadRequest, err: errEscapedSlash}
+	answerConnect   = &localAnswer{status: http.StatusMethodNotAllowed, allow: true, err: errConnect}
+	answerOptions   = &localAnswer{status: http.StatusOK, allow: true}
+	answerAboveRoot = &localAnswer{status: http.StatusBadRequest, err: errPathAboveRoot}
+	answerEscaped   = &localAnswer{status: http.StatusBadRequest, err: errEscapedSlash}
 	answerOtherHost = &localAnswer{status: http.StatusBadRequest, err: errRedirectHost}
 )
 
