@@ -47,9 +47,10 @@ var _ ResponseObserver = ObserverFunc(nil)
 // call.
 type Exchange struct {
 	// Request is the outbound request of the final attempt as it was sent
-	// upstream, after the directors ran; when no attempt was made, it is
-	// the inbound request as the proxy received it. Its body has been
-	// consumed; see RequestBody.
+	// upstream, after the directors ran. Its body has been consumed; see
+	// RequestBody. When no attempt was made, such as for a request the
+	// proxy answered itself (see ErrBadRequest and ErrNoUpstream), it is
+	// the inbound request, its path resolved as far as it went.
 	Request *http.Request
 
 	// Upstream is the target of the final attempt, nil when none was
@@ -60,7 +61,10 @@ type Exchange struct {
 
 	// Response is the upstream's response: its status, its headers, and
 	// (once the body ended) its trailers. Its body has been consumed; see
-	// Body. It is nil when no response arrived.
+	// Body. It is nil when no response arrived. When the proxy answered
+	// the request itself (a refusal of kind ErrBadRequest, a redirect of
+	// [UnescapeAndRedirect], or OPTIONS *), it is a synthetic response
+	// with the status and headers the client got, and no body.
 	Response *http.Response
 
 	// Start is when the proxy received the request.
@@ -104,11 +108,11 @@ type Exchange struct {
 
 	// Err is nil when the exchange ended cleanly, and otherwise says why
 	// it did not. It matches one of ErrUpstreamUnavailable,
-	// ErrUpstreamTimeout, ErrUpstreamReset, ErrUpstreamMalformed or
-	// ErrClientGone with [errors.Is] when the failure is of such a kind,
-	// and wraps the underlying error. A client that received every byte of
-	// a body of declared length had a clean exchange, even if it closed the
-	// connection straight after.
+	// ErrUpstreamTimeout, ErrUpstreamReset, ErrUpstreamMalformed,
+	// ErrClientGone or ErrBadRequest with [errors.Is] when the failure is
+	// of such a kind, and wraps the underlying error. A client that
+	// received every byte of a body of declared length had a clean
+	// exchange, even if it closed the connection straight after.
 	Err error
 
 	body, reqBody []byte
@@ -142,8 +146,10 @@ type exchangeState struct {
 	// carries the same values as octx, and looking them up through it
 	// does not allocate, unlike through context.WithoutCancel's.
 	rctx   context.Context
-	err    error // from the error handler, classified
-	served bool  // ReverseProxy.ServeHTTP returned rather than panicked
+	err    error        // from the error handler, classified
+	served bool         // ReverseProxy.ServeHTTP returned rather than panicked
+	local  bool         // the proxy answered itself; nothing went upstream
+	limit  *limitedBody // the request body, if the body limit watches it
 	w      http.ResponseWriter
 
 	metrics exchangeMetrics

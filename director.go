@@ -105,21 +105,21 @@ func keepOr(out, in http.Header, key, def string) {
 // and a trailing slash on it is ignored. A path without the prefix passes
 // unchanged. StripPrefix derives the path from the inbound request, so it
 // replaces path changes made by directors before it.
+//
+// The prefix is an unescaped path, matched against the path as the client
+// escaped it, segment by segment: a segment matches when it decodes to
+// the prefix's segment, but an escaped slash (%2F) is part of its
+// segment, never a separator. So /api%2Fx does not match /api and goes to
+// /v1/api%2Fx. What remains keeps the client's escaping.
 func StripPrefix(prefix string) Director {
 	prefix = strings.TrimSuffix(prefix, "/")
 	return func(pr *httputil.ProxyRequest) {
-		in := pr.In.URL
-		path, ok := cutSegmentPrefix(in.Path, prefix)
+		rest, ok := cutEscapedPrefix(pr.In.URL.EscapedPath(), prefix)
 		if !ok {
 			return
 		}
-		stripped := url.URL{Path: path}
-		if raw, ok := cutSegmentPrefix(in.RawPath, prefix); ok {
-			// Keep the client's escaping where the prefix appears in it
-			// as it is; otherwise the path is escaped afresh.
-			stripped.RawPath = raw
-		}
-		var base url.URL
+		var stripped, base url.URL
+		setEscapedPath(&stripped, rest)
 		if st := stateFrom(pr.Out.Context()); st != nil {
 			base = *st.target
 		}
@@ -127,19 +127,49 @@ func StripPrefix(prefix string) Director {
 	}
 }
 
-// cutSegmentPrefix returns path without prefix, keeping its leading slash,
-// if prefix is path or a run of its leading segments.
-func cutSegmentPrefix(path, prefix string) (string, bool) {
-	rest, ok := strings.CutPrefix(path, prefix)
-	switch {
-	case !ok || prefix == "":
-		return path, false
+// cutEscapedPrefix returns the escaped path esc without the unescaped
+// prefix, keeping its leading slash, if prefix is esc or a run of its
+// leading segments. Escapes in esc match the bytes they stand for, except
+// that only a bare '/' matches a '/' of the prefix.
+func cutEscapedPrefix(esc, prefix string) (string, bool) {
+	if prefix == "" {
+		return esc, false
+	}
+	i := 0
+	for j := 0; j < len(prefix); j++ {
+		if i >= len(esc) {
+			return esc, false
+		}
+		c, n := esc[i], 1
+		if c == '%' && i+2 < len(esc) && ishex(esc[i+1]) && ishex(esc[i+2]) {
+			c, n = unhex(esc[i+1])<<4|unhex(esc[i+2]), 3
+		}
+		if c != prefix[j] || c == '/' && n != 1 {
+			return esc, false
+		}
+		i += n
+	}
+	switch rest := esc[i:]; {
 	case rest == "":
 		return "/", true
 	case rest[0] == '/':
 		return rest, true
 	}
-	return path, false
+	return esc, false
+}
+
+func ishex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c >= 'a':
+		return c - 'a' + 10
+	case c >= 'A':
+		return c - 'A' + 10
+	}
+	return c - '0'
 }
 
 // joinURLPath joins a's and b's paths as [httputil.ProxyRequest.SetURL]

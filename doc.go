@@ -27,6 +27,13 @@
 // flushing of streams, HTTP/2 and gRPC pass through as with a bare
 // ReverseProxy.
 //
+// Before a request is routed, its path's dot-segments are resolved (RFC 3986
+// section 5.2.4, with %2e as a dot) and a path that climbs above / is
+// refused with [ErrBadRequest], so that no request leaves the target's base
+// path or [StripPrefix] mapping; CONNECT is refused too, and
+// [WithRequestBodyLimit] caps request bodies. See [WithPathNormalization]
+// and [WithEscapedSlashes].
+//
 // [NewBalanced] proxies to a pool of upstreams instead of one: a [Balancer]
 // picks each request's upstream before the directors run, passive health
 // and [WithHealthCheck] leave failing upstreams out, and [WithRetry] retries

@@ -42,6 +42,16 @@ var (
 	// ErrNoUpstream means there was no upstream to try: the pool is empty
 	// (see [Proxy.SetUpstreams]). The client gets 503 Service Unavailable.
 	ErrNoUpstream = errors.New("tapproxy: no upstream")
+
+	// ErrBadRequest means the proxy refused the request as the client sent
+	// it and answered it itself, sending nothing upstream: a path that
+	// climbs above / (400), an escaped slash under [RejectEscaped] (400)
+	// or one that [UnescapeAndRedirect] cannot redirect (400), a CONNECT
+	// (405), or a declared body over [WithRequestBodyLimit] (413). A body
+	// of unknown length that grew past the limit on its way upstream is of
+	// this kind too. For the body limit, the cause is an
+	// [*http.MaxBytesError].
+	ErrBadRequest = errors.New("tapproxy: bad request")
 )
 
 // errKind numbers the kinds of failure; it indexes errorKinds.
@@ -55,6 +65,7 @@ const (
 	errMalformed
 	errClientGone
 	errNoUpstream
+	errBadRequest
 	errOther // a failure of no kind of ours
 )
 
@@ -75,6 +86,8 @@ var errorKinds = [...]struct {
 	// upstream failures can leave it out.
 	errClientGone: {ErrClientGone, "client_gone", 0},
 	errNoUpstream: {ErrNoUpstream, "no_upstream", http.StatusServiceUnavailable},
+	// The proxy answers a bad request itself, with 400, 405 or 413.
+	errBadRequest: {ErrBadRequest, "bad_request", http.StatusBadRequest},
 	errOther:      {nil, "_OTHER", http.StatusBadGateway},
 }
 

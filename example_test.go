@@ -335,3 +335,37 @@ func ExampleNewBalanced() {
 	// 200 replica a
 	// 2 attempts, served by the replica at index 1
 }
+
+// A path that a client did not clean is resolved before it is routed, so
+// it cannot leave the target's base path; one that climbs above / is
+// refused.
+func ExampleWithPathNormalization() {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, r.URL.Path)
+	}))
+	defer upstream.Close()
+
+	target, _ := url.Parse(upstream.URL + "/v1")
+	proxy, err := tapproxy.New(target, tapproxy.WithDirector(tapproxy.StripPrefix("/api")))
+	if err != nil {
+		log.Fatal(err)
+	}
+	front := httptest.NewServer(proxy)
+	defer front.Close()
+
+	for _, path := range []string{"/api/users/../orders", "/api/%2e%2e/secret", "/api/../../etc"} {
+		req, _ := http.NewRequest(http.MethodGet, front.URL, nil)
+		req.URL.Opaque = path // sent as written; url.Parse would keep it too
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			log.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		fmt.Printf("%s -> %d %s\n", path, res.StatusCode, body)
+	}
+	// Output:
+	// /api/users/../orders -> 200 /v1/orders
+	// /api/%2e%2e/secret -> 200 /v1/secret
+	// /api/../../etc -> 400
+}

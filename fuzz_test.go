@@ -92,12 +92,15 @@ func FuzzBodyBufferBudget(f *testing.F) {
 
 // FuzzStripPrefix checks that StripPrefix never panics, leaves paths without
 // the prefix alone, and otherwise yields the target's path joined to a
-// stripped path that still starts with a slash.
+// stripped path that still starts with a slash. The prefix matches the
+// escaped path segment by segment, so an escaped slash never ends one.
 func FuzzStripPrefix(f *testing.F) {
 	f.Add("/api", "/api/users", "", "/v1")
 	f.Add("/api/", "/api", "", "")
 	f.Add("/api", "/apix/y", "", "/base/")
 	f.Add("/a%2Fb", "/a/b/c", "/a%2Fb/c", "/")
+	f.Add("/a", "/a/b/c", "/a%2Fb/c", "/v1")
+	f.Add("/api", "/api/x", "/%61pi/x", "/v1")
 	f.Add("", "/x", "", "/v1")
 	f.Fuzz(func(t *testing.T, prefix, path, rawPath, base string) {
 		in := &http.Request{URL: &url.URL{Path: path, RawPath: rawPath}, Header: http.Header{}}
@@ -109,20 +112,33 @@ func FuzzStripPrefix(f *testing.F) {
 		pr.SetURL(target)
 		before := *pr.Out.URL
 		StripPrefix(prefix)(pr)
+
+		// The reference: whole segments of the escaped path, split at
+		// bare slashes only, each decoding to the prefix's segment.
+		esc := in.URL.EscapedPath()
 		p := strings.TrimSuffix(prefix, "/")
-		matches := p != "" && (path == p || strings.HasPrefix(path, p+"/"))
+		psegs, esegs := strings.Split(p, "/"), strings.Split(esc, "/")
+		matches := p != "" && len(esegs) >= len(psegs)
+		for i := 0; matches && i < len(psegs); i++ {
+			dec, err := url.PathUnescape(esegs[i])
+			matches = err == nil && dec == psegs[i]
+		}
 		if !matches {
 			if *pr.Out.URL != before {
-				t.Fatalf("path %q without prefix %q changed: %q -> %q", path, prefix, before.Path, pr.Out.URL.Path)
+				t.Fatalf("path %q without prefix %q changed: %q -> %q", esc, prefix, before.Path, pr.Out.URL.Path)
 			}
 			return
 		}
-		rest := strings.TrimPrefix(path, p)
-		if rest == "" {
-			rest = "/"
+		rest := "/" + strings.Join(esegs[len(psegs):], "/")
+		decoded, err := url.PathUnescape(rest)
+		if err != nil {
+			t.Fatalf("the rest %q of %q does not unescape: %v", rest, esc, err)
 		}
-		if want := singleJoiningSlash(base, rest); pr.Out.URL.Path != want {
-			t.Fatalf("StripPrefix(%q) of %q onto %q = %q, want %q", prefix, path, base, pr.Out.URL.Path, want)
+		if want := singleJoiningSlash(base, decoded); pr.Out.URL.Path != want {
+			t.Fatalf("StripPrefix(%q) of %q onto %q = %q, want %q", prefix, esc, base, pr.Out.URL.Path, want)
+		}
+		if rest != "/" && !strings.HasSuffix(pr.Out.URL.EscapedPath(), rest) {
+			t.Fatalf("StripPrefix(%q) of %q onto %q = %q, which lost the escaping of %q", prefix, esc, base, pr.Out.URL.EscapedPath(), rest)
 		}
 	})
 }

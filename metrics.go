@@ -316,7 +316,7 @@ func (sm *exchangeMetrics) received(res *http.Response) {
 func (m *meters) record(ctx context.Context, st *exchangeState) {
 	ex, sm := &st.ex, &st.metrics
 	kind := errKindOf(ex.Err)
-	if st.route.attempts > 0 {
+	if st.route.attempts > 0 && !st.local {
 		m.recordAttempt(ctx, ex.Request, sm, kind, ex.Start.Add(ex.Duration), ex.TimeToHeaders)
 	}
 

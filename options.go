@@ -48,6 +48,9 @@ type config struct {
 	healthCheck     *HealthCheck
 	passiveHealth   *PassiveHealth
 	retry           *Retry
+	rawPaths        bool // path normalisation off
+	escapedSlashes  EscapedSlashAction
+	bodyLimit       int64
 }
 
 func newConfig(opts []Option) *config {
@@ -299,4 +302,52 @@ func WithAsyncObservers(workers, queueSize int) Option {
 	return optionFunc(func(c *config) {
 		c.async, c.asyncWorkers, c.asyncQueue = true, workers, queueSize
 	})
+}
+
+// WithPathNormalization turns the resolution of dot-segments in request
+// paths on or off. It is on by default: before a request is routed, its
+// path's "." and ".." segments (%2e and %2E count as dots) are resolved as
+// RFC 3986 section 5.2.4 says, keeping empty segments and trailing
+// slashes, and a path that climbs above / is answered 400 with
+// [ErrBadRequest]. Directors, [StripPrefix], the [WithRoute] function, the
+// upstream, the observers and the metrics all see the resolved path; the
+// rest of its escaping is kept as the client sent it.
+//
+// WithPathNormalization(false) relays paths with their dot-segments, for
+// the rare upstream that needs them raw. That is dangerous: most upstream
+// frameworks and file servers resolve dot-segments themselves, so a
+// request for /api/../admin or /%2e%2e/etc passes the proxy's prefix and
+// base path and is then served from outside them, which is how many
+// gateway path-confusion vulnerabilities came about. Turn it off only
+// when the upstream takes the path as opaque data. The escaped-slash
+// action ([WithEscapedSlashes]) still applies. The last call wins.
+func WithPathNormalization(on bool) Option {
+	return optionFunc(func(c *config) { c.rawPaths = !on })
+}
+
+// WithEscapedSlashes sets what the proxy does with a request whose path
+// holds an escaped slash or backslash (%2F, %2f, %5C, %5c): relay it as
+// it is ([KeepEscaped], the default), answer 400 ([RejectEscaped]), or
+// redirect the client to the path with them unescaped
+// ([UnescapeAndRedirect]). The zero value is KeepEscaped. An action other
+// than these makes [New] fail. The last call wins.
+func WithEscapedSlashes(action EscapedSlashAction) Option {
+	return optionFunc(func(c *config) { c.escapedSlashes = action })
+}
+
+// WithRequestBodyLimit caps request bodies at n bytes, like nginx's
+// client_max_body_size. A request that declares a Content-Length over n is
+// answered 413 Request Entity Too Large before anything goes upstream. A
+// body of unknown length (chunked, or HTTP/2 without content-length) that
+// grows past n is cut: the upstream sees its request body end in an error,
+// never a shortened body that looks complete, and the client gets 413 if
+// no response has started; otherwise the exchange aborts (the client's
+// connection or stream is broken off). Either way [Exchange.Err] matches
+// [ErrBadRequest] and wraps an [*http.MaxBytesError]. A custom error
+// handler is not called for these.
+//
+// The default is no limit. Zero also means no limit. A negative value
+// makes [New] fail. The last call wins.
+func WithRequestBodyLimit(n int64) Option {
+	return optionFunc(func(c *config) { c.bodyLimit = n })
 }

@@ -42,6 +42,9 @@ type Proxy struct {
 	transport       http.RoundTripper
 	async           *dispatcher // nil: observers run on the request's goroutine
 	healthGauge     metric.Registration
+	normalize       bool // resolve dot-segments in request paths
+	escapedSlashes  EscapedSlashAction
+	bodyLimit       int64 // 0: none
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -131,6 +134,12 @@ func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*P
 		errs = append(errs, err)
 		checks = &healthChecker{hc: hc, ref: ref, rt: c.transport, stops: make(map[*Upstream]context.CancelFunc)}
 	}
+	if c.escapedSlashes < KeepEscaped || c.escapedSlashes > UnescapeAndRedirect {
+		errs = append(errs, fmt.Errorf("tapproxy: unknown escaped-slash action %d", c.escapedSlashes))
+	}
+	if c.bodyLimit < 0 {
+		errs = append(errs, fmt.Errorf("tapproxy: request body limit %d is negative", c.bodyLimit))
+	}
 	m, err := newMeters(c)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("tapproxy: creating instruments: %w", err))
@@ -162,6 +171,9 @@ func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*P
 		showCredentials: c.showCredentials,
 		metrics:         m,
 		transport:       c.transport,
+		normalize:       !c.rawPaths,
+		escapedSlashes:  c.escapedSlashes,
+		bodyLimit:       c.bodyLimit,
 	}
 	if c.captureBudget > 0 {
 		p.budget = &captureBudget{limit: c.captureBudget}
@@ -208,16 +220,29 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	st.resp.limit, st.resp.pool, st.resp.budget = p.captureLimit, &p.captures, p.budget
 	st.w = w
+	// Normalise the path first, so that routing, directors, metrics and
+	// observers all see the path that results.
+	r, refused := p.screen(r)
 	p.metrics.begin(r.Context(), st, r)
 	ctx := contextWithState(r.Context(), st)
 	// finish is deferred so that it also runs when ReverseProxy aborts the
 	// response with http.ErrAbortHandler; that panic then goes on to the
 	// server, which closes the connection.
 	defer p.finish(ctx, st)
-	if len(st.route.set.all) == 0 {
-		p.onError(w, r.WithContext(ctx), newKindError(errNoUpstream, errEmptyPool))
-	} else {
-		p.rp.ServeHTTP(w, r.WithContext(ctx))
+	r = r.WithContext(ctx)
+	if refused == nil {
+		var done func()
+		r, done, refused = p.limitBody(w, r, st)
+		defer done()
+	}
+	switch {
+	case refused != nil:
+		st.local = true
+		p.answer(w, r, st, refused)
+	case len(st.route.set.all) == 0:
+		p.onError(w, r, newKindError(errNoUpstream, errEmptyPool))
+	default:
+		p.rp.ServeHTTP(w, r)
 	}
 	st.served = true
 }
@@ -279,6 +304,11 @@ func (p *Proxy) onResponse(res *http.Response) error {
 // onError is the ReverseProxy's ErrorHandler.
 func (p *Proxy) onError(w http.ResponseWriter, r *http.Request, err error) {
 	st := stateFrom(r.Context())
+	if st.limit.exceeded() != nil {
+		// The body grew past the limit before a response started.
+		p.answer(w, r, st, answerTooLarge)
+		return
+	}
 	st.ex.Upgraded = false
 	if st.ex.Response == nil {
 		err = classify(r.Context(), err, false)
@@ -421,6 +451,8 @@ func endErr(ctx context.Context, st *exchangeState) error {
 	switch {
 	case st.err != nil:
 		return st.err
+	case st.limit.exceeded() != nil:
+		return st.limit.exceeded()
 	case ex.Upgraded || tee.eof:
 		return nil
 	case ex.Response == nil:
