@@ -256,6 +256,7 @@ func TestSetUpstreamsUnderLoad(t *testing.T) {
 	require.Eventually(t, func() bool { return sent.Load() >= n+50 }, waitTimeout, time.Millisecond)
 	close(stop)
 	wg.Wait()
+	front.Close() // waits for the handlers: every request has settled
 	assert.Zero(t, failed.Load(), "requests failed while the set changed")
 
 	final := f.urls(t, 1, 3)
