@@ -632,3 +632,15 @@ func TestHealthCheckTimeoutDefault(t *testing.T) {
 		"a check that does not answer times out at half the interval")
 	assert.ErrorIs(t, p.Upstreams()[0].LastError, context.DeadlineExceeded)
 }
+
+func TestUnhealthyIntervalBringsItBackSooner(t *testing.T) {
+	h, checks := scripted(http.StatusInternalServerError)
+	up := newUpstream(t, h)
+	p := newBalanced(t, []*url.URL{mustParse(t, up.URL)}, tapproxy.WithHealthCheck(tapproxy.HealthCheck{
+		Path: "/healthz", Fails: 1, Passes: 1, Interval: time.Hour, UnhealthyInterval: 10 * time.Millisecond,
+	}))
+	// The first check fails; only the shorter interval of a down upstream
+	// can bring the second within the wait.
+	require.Eventually(t, func() bool { return checks.Load() >= 2 }, waitTimeout, time.Millisecond)
+	require.Eventually(t, func() bool { return p.Upstreams()[0].Healthy }, waitTimeout, time.Millisecond)
+}

@@ -881,3 +881,36 @@ func TestClientThatLeavesIsNotRetriedNorBlamed(t *testing.T) {
 	assert.Empty(t, sumPoints(m["tapproxy.upstream.ejections"]))
 	assert.False(t, errors.Is(a.Err, tapproxy.ErrUpstreamTimeout))
 }
+
+func TestRetryOverHTTP2ReplaysTheBody(t *testing.T) {
+	var got [2]atomic.Value
+	var srvs [2]*httptest.Server
+	for i := range srvs {
+		srvs[i] = newH2Upstream(t, func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			got[i].Store(b)
+			if r.ProtoMajor != 2 {
+				w.WriteHeader(http.StatusHTTPVersionNotSupported)
+				return
+			}
+			if i == 0 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+		})
+	}
+	log := newAttemptLog()
+	p := newBalanced(t, []*url.URL{mustParse(t, srvs[0].URL), mustParse(t, srvs[1].URL)},
+		tapproxy.WithTransport(trustingTransport(t, srvs[0])), tapproxy.WithBalancer(tapproxy.First()),
+		tapproxy.WithObserver(log), tapproxy.WithRequestCaptureLimit(1<<20),
+		tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}}))
+	front := serve(t, p, true)
+	body := randomBytes(20 << 10)
+	res, _ := send(t, front.Client(), http.MethodPost, front.URL, body, true, "Idempotency-Key", "k")
+	assert.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, body, got[0].Load())
+	assert.Equal(t, body, got[1].Load(), "replayed byte for byte over HTTP/2")
+	a := log.next(t)
+	assert.Equal(t, 2, a.Attempts)
+	assert.EqualValues(t, len(body), a.ReqBytes)
+	assert.Equal(t, body, a.ReqBody)
+}
