@@ -914,3 +914,71 @@ func TestRetryOverHTTP2ReplaysTheBody(t *testing.T) {
 	assert.EqualValues(t, len(body), a.ReqBytes)
 	assert.Equal(t, body, a.ReqBody)
 }
+
+func TestRetryWhileTheFirstAttemptStillSendsTheBody(t *testing.T) {
+	// Upstream 0 answers before reading the body: the transport may still
+	// be sending it when the retry begins, and the retry must send the
+	// same bytes from the start.
+	for _, size := range []int{60 << 10, 1 << 20} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			var got atomic.Value
+			f := newFleet(t, 2, func(i int, w http.ResponseWriter, r *http.Request) {
+				if i == 0 {
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				b, _ := io.ReadAll(r.Body)
+				got.Store(b)
+			})
+			log := newAttemptLog()
+			p := newBalanced(t, f.urls(t), tapproxy.WithBalancer(tapproxy.First()), tapproxy.WithObserver(log),
+				tapproxy.WithRequestCaptureLimit(4<<20),
+				tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}, BodyLimit: 2 << 20}))
+			front := serve(t, p, false)
+			body := randomBytes(size)
+			res, _ := send(t, front.Client(), http.MethodPut, front.URL, body, false)
+			require.Equal(t, http.StatusOK, res.StatusCode)
+			assert.Equal(t, body, got.Load())
+			a := log.next(t)
+			assert.Equal(t, 2, a.Attempts)
+			assert.EqualValues(t, size, a.ReqBytes)
+			assert.Equal(t, body, a.ReqBody)
+		})
+	}
+}
+
+func TestClientThatLeavesDuringARetry(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	f := newFleet(t, 3, func(i int, w http.ResponseWriter, r *http.Request) {
+		switch i {
+		case 0:
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case 1:
+			arrived <- struct{}{}
+			<-r.Context().Done()
+		}
+	})
+	log := newAttemptLog()
+	p := newBalanced(t, f.urls(t), tapproxy.WithBalancer(tapproxy.First()), tapproxy.WithObserver(log),
+		tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: 1}),
+		tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}}))
+	front := serve(t, p, false)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, front.URL, nil)
+	require.NoError(t, err)
+	go func() {
+		<-arrived
+		cancel()
+	}()
+	_, err = front.Client().Do(req)
+	require.ErrorIs(t, err, context.Canceled)
+	a := log.next(t)
+	assert.ErrorIs(t, a.Err, tapproxy.ErrClientGone)
+	assert.Equal(t, 2, a.Attempts)
+	assert.Equal(t, f.urls(t)[1].Host, a.Upstream)
+	assert.Zero(t, f.hits[2].Load(), "not retried once the client left")
+	for _, s := range p.Upstreams() {
+		assert.True(t, s.Healthy)
+		assert.Zero(t, s.Failures)
+	}
+}
