@@ -352,29 +352,44 @@ func TestRetryOnStatus(t *testing.T) {
 }
 
 func TestRetriedResponseIsDrained(t *testing.T) {
-	// A retried response's connection is reused when its body is short,
-	// so the next request to that upstream needs no new connection.
-	var conns atomic.Int64
-	busy := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		w.Write(bytes.Repeat([]byte("b"), 10<<10))
-	}))
-	busy.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
+	// A retried response's connection is reused when its body is short
+	// enough to drain, so the next request to that upstream needs no new
+	// connection; a longer body is closed, and so is its connection.
+	tests := []struct {
+		name      string
+		size      int
+		wantConns int64
+	}{
+		{"short", 10 << 10, 1},
+		{"long", 300 << 10, 3},
 	}
-	busy.Start()
-	t.Cleanup(busy.Close)
-	f := newFleet(t, 1, nil)
-	p := newBalanced(t, []*url.URL{mustParse(t, busy.URL), f.urls(t)[0]}, tapproxy.WithBalancer(tapproxy.First()),
-		tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}}))
-	front := serve(t, p, false)
-	for range 5 {
-		res, _ := get(t, front.Client(), front.URL)
-		require.Equal(t, http.StatusOK, res.StatusCode)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var conns atomic.Int64
+			busy := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", strconv.Itoa(tt.size))
+				w.WriteHeader(http.StatusServiceUnavailable)
+				w.Write(bytes.Repeat([]byte("b"), tt.size))
+			}))
+			busy.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+				if s == http.StateNew {
+					conns.Add(1)
+				}
+			}
+			busy.Start()
+			t.Cleanup(busy.Close)
+			f := newFleet(t, 1, nil)
+			p := newBalanced(t, []*url.URL{mustParse(t, busy.URL), f.urls(t)[0]}, tapproxy.WithBalancer(tapproxy.First()),
+				tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}}))
+			front := serve(t, p, false)
+			for range 3 {
+				res, body := get(t, front.Client(), front.URL)
+				require.Equal(t, http.StatusOK, res.StatusCode)
+				require.Equal(t, "0", string(body))
+			}
+			assert.EqualValues(t, tt.wantConns, conns.Load())
+		})
 	}
-	assert.EqualValues(t, 1, conns.Load(), "drained bodies keep their connection")
 }
 
 func TestStreamingResponseNeverRetried(t *testing.T) {
@@ -981,4 +996,31 @@ func TestClientThatLeavesDuringARetry(t *testing.T) {
 		assert.True(t, s.Healthy)
 		assert.Zero(t, s.Failures)
 	}
+}
+
+func TestExchangeDescribesTheFinalResponse(t *testing.T) {
+	f := newFleet(t, 2, func(i int, w http.ResponseWriter, r *http.Request) {
+		if i == 0 {
+			w.Header().Set("X-Busy", "yes")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "busy, try elsewhere")
+			return
+		}
+		io.WriteString(w, "done")
+	})
+	rec := newRecorder()
+	p := newBalanced(t, f.urls(t), tapproxy.WithBalancer(tapproxy.First()), tapproxy.WithObserver(rec),
+		tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}}))
+	front := serve(t, p, false)
+	res, body := get(t, front.Client(), front.URL)
+	assert.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, "done", string(body))
+	assert.Empty(t, res.Header.Get("X-Busy"), "nothing of the retried response reaches the client")
+	o := rec.next(t)
+	assert.Equal(t, http.StatusOK, o.Status)
+	assert.Equal(t, "done", string(o.Body))
+	assert.EqualValues(t, 4, o.BodyBytes)
+	assert.Empty(t, o.Header.Get("X-Busy"))
+	assert.NoError(t, o.Err)
+	assert.Equal(t, 1, closeAndCount(t, front, rec))
 }
