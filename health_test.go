@@ -83,7 +83,9 @@ func TestActiveChecksFlap(t *testing.T) {
 	mp, reader := newReader(t)
 	p := newBalanced(t, f.urls(t), tapproxy.WithBalancer(tapproxy.First()), tapproxy.WithMeterProvider(mp),
 		tapproxy.WithHealthCheck(tapproxy.HealthCheck{
-			Path: "/healthz", Interval: 500 * time.Millisecond, Timeout: 450 * time.Millisecond,
+			// The test holds each check while it looks at the pool: the
+			// Timeout leaves it ample time.
+			Path: "/healthz", Interval: time.Second, Timeout: 950 * time.Millisecond,
 			UnhealthyInterval: 300 * time.Millisecond, Fails: 2, Passes: 2,
 		}))
 	front := serve(t, p, false)
