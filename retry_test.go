@@ -459,6 +459,9 @@ func TestRetryBudgetUnderConcurrency(t *testing.T) {
 		want   int // requests that retry
 	}{
 		{"three may always retry", 0.01, 3},
+		// 0.2 of 20 in flight: the holders keep their slots while the
+		// others give up, so exactly four retry.
+		{"default budget", 0, 4},
 		{"budget of all", 1, n},
 	}
 	for _, tt := range tests {
