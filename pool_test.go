@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -86,17 +85,6 @@ func newBalanced(tb testing.TB, targets []*url.URL, opts ...tapproxy.Option) *ta
 	require.NoError(tb, err)
 	tb.Cleanup(func() { p.Close() })
 	return p
-}
-
-// deadURL returns the URL of a loopback port that nothing listens on: a
-// dial there is refused.
-func deadURL(tb testing.TB) *url.URL {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(tb, err)
-	addr := l.Addr().String()
-	require.NoError(tb, l.Close())
-	return mustParse(tb, "http://"+addr)
 }
 
 // which sends a GET through c and returns the X-Upstream of the answer,
