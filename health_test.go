@@ -83,7 +83,9 @@ func TestActiveChecksFlap(t *testing.T) {
 	mp, reader := newReader(t)
 	p := newBalanced(t, f.urls(t), tapproxy.WithBalancer(tapproxy.First()), tapproxy.WithMeterProvider(mp),
 		tapproxy.WithHealthCheck(tapproxy.HealthCheck{
-			Path: "/healthz", Interval: 500 * time.Millisecond, Timeout: 450 * time.Millisecond,
+			// The test holds each check while it looks at the pool: the
+			// Timeout leaves it ample time.
+			Path: "/healthz", Interval: time.Second, Timeout: 950 * time.Millisecond,
 			UnhealthyInterval: 300 * time.Millisecond, Fails: 2, Passes: 2,
 		}))
 	front := serve(t, p, false)
@@ -425,7 +427,8 @@ func TestPassiveFailureCount(t *testing.T) {
 			h, _ := scripted(tt.codes...)
 			bad := mustParse(t, newUpstream(t, h).URL)
 			good := newFleet(t, 1, nil)
-			opts := []tapproxy.Option{tapproxy.WithBalancer(tapproxy.First()),
+			log := newAttemptLog() // its calls come after the health was told
+			opts := []tapproxy.Option{tapproxy.WithBalancer(tapproxy.First()), tapproxy.WithObserver(log),
 				tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: 3, Ejection: time.Hour, Statuses: tt.passive})}
 			if tt.retry != nil {
 				r := tapproxy.Retry{Statuses: tt.retry}
@@ -438,6 +441,7 @@ func TestPassiveFailureCount(t *testing.T) {
 			front := serve(t, p, false)
 			for k, want := range tt.want {
 				get(t, front.Client(), front.URL)
+				log.next(t)
 				s := statusOf(t, p, bad)
 				if want < 0 {
 					require.False(t, s.Healthy, "answer %d", k)
@@ -508,11 +512,14 @@ func TestMaxEjectedPercent(t *testing.T) {
 				targets = append(targets, newFleet(t, tt.live, nil).urls(t)...)
 			}
 			mp, reader := newReader(t)
+			log := newAttemptLog()
 			p := newBalanced(t, targets, tapproxy.WithBalancer(tapproxy.RoundRobin()), tapproxy.WithMeterProvider(mp),
+				tapproxy.WithObserver(log),
 				tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: 1, Ejection: time.Hour, MaxEjectedPercent: tt.percent}))
 			front := serve(t, p, false)
 			for range 10 * len(targets) {
 				get(t, front.Client(), front.URL)
+				log.next(t)
 			}
 			ejected := 0
 			for i, s := range p.Upstreams() {
@@ -538,11 +545,14 @@ func TestFailOpenWhenAllAreEjected(t *testing.T) {
 			io.WriteString(w, "answer of "+strconv.Itoa(i))
 		})
 		mp, reader := newReader(t)
+		log := newAttemptLog()
 		p := newBalanced(t, f.urls(t), tapproxy.WithBalancer(tapproxy.RoundRobin()), tapproxy.WithMeterProvider(mp),
+			tapproxy.WithObserver(log),
 			tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: 1, Ejection: time.Hour, MaxEjectedPercent: 100, Statuses: []int{502}}))
 		front := serve(t, p, false)
 		for range 2 {
 			get(t, front.Client(), front.URL)
+			log.next(t) // the health was told before the observers
 		}
 		for _, s := range p.Upstreams() {
 			require.False(t, s.Healthy)
@@ -575,30 +585,32 @@ func TestFailOpenWhenAllAreEjected(t *testing.T) {
 func TestPassiveHealthSwitches(t *testing.T) {
 	tests := []struct {
 		name        string
-		p           func(t *testing.T, dead *url.URL) *tapproxy.Proxy
+		p           func(t *testing.T, dead *url.URL, obs tapproxy.Option) *tapproxy.Proxy
 		wantHealthy bool
 	}{
-		{"off in a pool", func(t *testing.T, dead *url.URL) *tapproxy.Proxy {
+		{"off in a pool", func(t *testing.T, dead *url.URL, obs tapproxy.Option) *tapproxy.Proxy {
 			return newBalanced(t, []*url.URL{dead, newFleet(t, 1, nil).urls(t)[0]}, tapproxy.WithBalancer(tapproxy.First()),
-				tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: -1}))
+				obs, tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: -1}))
 		}, true},
-		{"on in a pool by default", func(t *testing.T, dead *url.URL) *tapproxy.Proxy {
-			return newBalanced(t, []*url.URL{dead, newFleet(t, 1, nil).urls(t)[0]}, tapproxy.WithBalancer(tapproxy.First()))
+		{"on in a pool by default", func(t *testing.T, dead *url.URL, obs tapproxy.Option) *tapproxy.Proxy {
+			return newBalanced(t, []*url.URL{dead, newFleet(t, 1, nil).urls(t)[0]}, tapproxy.WithBalancer(tapproxy.First()), obs)
 		}, false},
-		{"off with New by default", func(t *testing.T, dead *url.URL) *tapproxy.Proxy {
-			return newProxy(t, dead.String())
+		{"off with New by default", func(t *testing.T, dead *url.URL, obs tapproxy.Option) *tapproxy.Proxy {
+			return newProxy(t, dead.String(), obs)
 		}, true},
-		{"on with New", func(t *testing.T, dead *url.URL) *tapproxy.Proxy {
-			return newProxy(t, dead.String(), tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: 2}))
+		{"on with New", func(t *testing.T, dead *url.URL, obs tapproxy.Option) *tapproxy.Proxy {
+			return newProxy(t, dead.String(), obs, tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: 2}))
 		}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dead := deadURL(t)
-			p := tt.p(t, dead)
+			log := newAttemptLog()
+			p := tt.p(t, dead, tapproxy.WithObserver(log))
 			front := serve(t, p, false)
 			for range 10 {
 				get(t, front.Client(), front.URL)
+				log.next(t)
 			}
 			s := statusOf(t, p, dead)
 			assert.Equal(t, tt.wantHealthy, s.Healthy)
@@ -621,4 +633,16 @@ func TestHealthCheckTimeoutDefault(t *testing.T) {
 	require.Eventually(t, func() bool { return p.Upstreams()[0].Down }, waitTimeout, time.Millisecond,
 		"a check that does not answer times out at half the interval")
 	assert.ErrorIs(t, p.Upstreams()[0].LastError, context.DeadlineExceeded)
+}
+
+func TestUnhealthyIntervalBringsItBackSooner(t *testing.T) {
+	h, checks := scripted(http.StatusInternalServerError)
+	up := newUpstream(t, h)
+	p := newBalanced(t, []*url.URL{mustParse(t, up.URL)}, tapproxy.WithHealthCheck(tapproxy.HealthCheck{
+		Path: "/healthz", Fails: 1, Passes: 1, Interval: time.Hour, UnhealthyInterval: 10 * time.Millisecond,
+	}))
+	// The first check fails; only the shorter interval of a down upstream
+	// can bring the second within the wait.
+	require.Eventually(t, func() bool { return checks.Load() >= 2 }, waitTimeout, time.Millisecond)
+	require.Eventually(t, func() bool { return p.Upstreams()[0].Healthy }, waitTimeout, time.Millisecond)
 }

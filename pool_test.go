@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -86,17 +85,6 @@ func newBalanced(tb testing.TB, targets []*url.URL, opts ...tapproxy.Option) *ta
 	require.NoError(tb, err)
 	tb.Cleanup(func() { p.Close() })
 	return p
-}
-
-// deadURL returns the URL of a loopback port that nothing listens on: a
-// dial there is refused.
-func deadURL(tb testing.TB) *url.URL {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(tb, err)
-	addr := l.Addr().String()
-	require.NoError(tb, l.Close())
-	return mustParse(tb, "http://"+addr)
 }
 
 // which sends a GET through c and returns the X-Upstream of the answer,
@@ -256,6 +244,7 @@ func TestSetUpstreamsUnderLoad(t *testing.T) {
 	require.Eventually(t, func() bool { return sent.Load() >= n+50 }, waitTimeout, time.Millisecond)
 	close(stop)
 	wg.Wait()
+	front.Close() // waits for the handlers: every request has settled
 	assert.Zero(t, failed.Load(), "requests failed while the set changed")
 
 	final := f.urls(t, 1, 3)
@@ -622,4 +611,32 @@ func checkJoined(tb testing.TB, err error, want []string) {
 		require.True(tb, errors.As(err, &joined), "several problems make one joined error")
 		assert.GreaterOrEqual(tb, len(strings.Split(err.Error(), "\n")), len(want))
 	}
+}
+
+func TestSetUpstreamsChecksNewUpstreams(t *testing.T) {
+	var checks [3]atomic.Int64
+	f := newFleet(t, 3, func(i int, w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			checks[i].Add(1)
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	})
+	p := newBalanced(t, f.urls(t, 0, 1), tapproxy.WithHealthCheck(tapproxy.HealthCheck{Path: "/healthz", Fails: 1, Interval: time.Hour}))
+	require.Eventually(t, func() bool { return checks[0].Load() == 1 && checks[1].Load() == 1 }, waitTimeout, time.Millisecond)
+	require.NoError(t, p.SetUpstreams(f.urls(t, 1, 2)))
+	require.Eventually(t, func() bool { return statusOf(t, p, f.urls(t)[2]).Down }, waitTimeout, time.Millisecond,
+		"a new upstream is checked at once")
+	assert.EqualValues(t, 1, checks[1].Load(), "a kept upstream is not checked anew")
+	assert.True(t, statusOf(t, p, f.urls(t)[1]).Down, "a kept upstream keeps its check state")
+}
+
+func TestNewGrowsIntoAPool(t *testing.T) {
+	f := newFleet(t, 2, nil)
+	p := newProxy(t, f.srvs[0].URL, tapproxy.WithBalancer(tapproxy.RoundRobin()))
+	front := serve(t, p, false)
+	assert.Equal(t, []int{0, 0}, sequence(t, front.Client(), front.URL, 2))
+	require.NoError(t, p.SetUpstreams(f.urls(t)))
+	assert.Equal(t, []int{2, 2}, tally(sequence(t, front.Client(), front.URL, 4), 2))
+	err := p.SetUpstreams([]*url.URL{f.urls(t)[0], f.urls(t)[0]})
+	assert.ErrorContains(t, err, "twice", "a proxy from New follows the pool's rules too")
 }

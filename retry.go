@@ -265,9 +265,18 @@ func (t *roundTripper) try(st *exchangeState, req *http.Request) (*http.Response
 	st.route.cancelTry = cancel // once the body ended, or the attempt failed
 	timer := time.AfterFunc(t.retry.perTry, func() { cancel(errPerTryTimeout) })
 	res, err := t.send(st, req.WithContext(ctx))
-	timer.Stop()
+	if !timer.Stop() && err == nil {
+		// The timer fired as the headers arrived: the attempt's context
+		// is canceled, and its body would be cut. It timed out.
+		res.Body.Close()
+		st.ex.Response, st.ex.TimeToHeaders, st.metrics.upStatus = nil, 0, 0
+		res, err = nil, errPerTryTimeout
+	}
 	if err != nil && context.Cause(ctx) == errPerTryTimeout {
-		err = newKindError(errTimeout, fmt.Errorf("%w: %w", errPerTryTimeout, err))
+		if err != errPerTryTimeout {
+			err = fmt.Errorf("%w: %w", errPerTryTimeout, err)
+		}
+		err = newKindError(errTimeout, err)
 	}
 	return res, err
 }

@@ -352,29 +352,44 @@ func TestRetryOnStatus(t *testing.T) {
 }
 
 func TestRetriedResponseIsDrained(t *testing.T) {
-	// A retried response's connection is reused when its body is short,
-	// so the next request to that upstream needs no new connection.
-	var conns atomic.Int64
-	busy := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		w.Write(bytes.Repeat([]byte("b"), 10<<10))
-	}))
-	busy.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
+	// A retried response's connection is reused when its body is short
+	// enough to drain, so the next request to that upstream needs no new
+	// connection; a longer body is closed, and so is its connection.
+	tests := []struct {
+		name      string
+		size      int
+		wantConns int64
+	}{
+		{"short", 10 << 10, 1},
+		{"long", 300 << 10, 3},
 	}
-	busy.Start()
-	t.Cleanup(busy.Close)
-	f := newFleet(t, 1, nil)
-	p := newBalanced(t, []*url.URL{mustParse(t, busy.URL), f.urls(t)[0]}, tapproxy.WithBalancer(tapproxy.First()),
-		tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}}))
-	front := serve(t, p, false)
-	for range 5 {
-		res, _ := get(t, front.Client(), front.URL)
-		require.Equal(t, http.StatusOK, res.StatusCode)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var conns atomic.Int64
+			busy := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", strconv.Itoa(tt.size))
+				w.WriteHeader(http.StatusServiceUnavailable)
+				w.Write(bytes.Repeat([]byte("b"), tt.size))
+			}))
+			busy.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+				if s == http.StateNew {
+					conns.Add(1)
+				}
+			}
+			busy.Start()
+			t.Cleanup(busy.Close)
+			f := newFleet(t, 1, nil)
+			p := newBalanced(t, []*url.URL{mustParse(t, busy.URL), f.urls(t)[0]}, tapproxy.WithBalancer(tapproxy.First()),
+				tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}}))
+			front := serve(t, p, false)
+			for range 3 {
+				res, body := get(t, front.Client(), front.URL)
+				require.Equal(t, http.StatusOK, res.StatusCode)
+				require.Equal(t, "0", string(body))
+			}
+			assert.EqualValues(t, tt.wantConns, conns.Load())
+		})
 	}
-	assert.EqualValues(t, 1, conns.Load(), "drained bodies keep their connection")
 }
 
 func TestStreamingResponseNeverRetried(t *testing.T) {
@@ -444,6 +459,9 @@ func TestRetryBudgetUnderConcurrency(t *testing.T) {
 		want   int // requests that retry
 	}{
 		{"three may always retry", 0.01, 3},
+		// 0.2 of 20 in flight: the holders keep their slots while the
+		// others give up, so exactly four retry.
+		{"default budget", 0, 4},
 		{"budget of all", 1, n},
 	}
 	for _, tt := range tests {
@@ -880,4 +898,132 @@ func TestClientThatLeavesIsNotRetriedNorBlamed(t *testing.T) {
 	assert.Empty(t, sumPoints(m["tapproxy.retries"]))
 	assert.Empty(t, sumPoints(m["tapproxy.upstream.ejections"]))
 	assert.False(t, errors.Is(a.Err, tapproxy.ErrUpstreamTimeout))
+}
+
+func TestRetryOverHTTP2ReplaysTheBody(t *testing.T) {
+	var got [2]atomic.Value
+	var srvs [2]*httptest.Server
+	for i := range srvs {
+		srvs[i] = newH2Upstream(t, func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			got[i].Store(b)
+			if r.ProtoMajor != 2 {
+				w.WriteHeader(http.StatusHTTPVersionNotSupported)
+				return
+			}
+			if i == 0 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+		})
+	}
+	log := newAttemptLog()
+	p := newBalanced(t, []*url.URL{mustParse(t, srvs[0].URL), mustParse(t, srvs[1].URL)},
+		tapproxy.WithTransport(trustingTransport(t, srvs[0])), tapproxy.WithBalancer(tapproxy.First()),
+		tapproxy.WithObserver(log), tapproxy.WithRequestCaptureLimit(1<<20),
+		tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}}))
+	front := serve(t, p, true)
+	body := randomBytes(20 << 10)
+	res, _ := send(t, front.Client(), http.MethodPost, front.URL, body, true, "Idempotency-Key", "k")
+	assert.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, body, got[0].Load())
+	assert.Equal(t, body, got[1].Load(), "replayed byte for byte over HTTP/2")
+	a := log.next(t)
+	assert.Equal(t, 2, a.Attempts)
+	assert.EqualValues(t, len(body), a.ReqBytes)
+	assert.Equal(t, body, a.ReqBody)
+}
+
+func TestRetryWhileTheFirstAttemptStillSendsTheBody(t *testing.T) {
+	// Upstream 0 answers before reading the body: the transport may still
+	// be sending it when the retry begins, and the retry must send the
+	// same bytes from the start.
+	for _, size := range []int{60 << 10, 1 << 20} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			var got atomic.Value
+			f := newFleet(t, 2, func(i int, w http.ResponseWriter, r *http.Request) {
+				if i == 0 {
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				b, _ := io.ReadAll(r.Body)
+				got.Store(b)
+			})
+			log := newAttemptLog()
+			p := newBalanced(t, f.urls(t), tapproxy.WithBalancer(tapproxy.First()), tapproxy.WithObserver(log),
+				tapproxy.WithRequestCaptureLimit(4<<20),
+				tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}, BodyLimit: 2 << 20}))
+			front := serve(t, p, false)
+			body := randomBytes(size)
+			res, _ := send(t, front.Client(), http.MethodPut, front.URL, body, false)
+			require.Equal(t, http.StatusOK, res.StatusCode)
+			assert.Equal(t, body, got.Load())
+			a := log.next(t)
+			assert.Equal(t, 2, a.Attempts)
+			assert.EqualValues(t, size, a.ReqBytes)
+			assert.Equal(t, body, a.ReqBody)
+		})
+	}
+}
+
+func TestClientThatLeavesDuringARetry(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	f := newFleet(t, 3, func(i int, w http.ResponseWriter, r *http.Request) {
+		switch i {
+		case 0:
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case 1:
+			arrived <- struct{}{}
+			<-r.Context().Done()
+		}
+	})
+	log := newAttemptLog()
+	p := newBalanced(t, f.urls(t), tapproxy.WithBalancer(tapproxy.First()), tapproxy.WithObserver(log),
+		tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: 1}),
+		tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}}))
+	front := serve(t, p, false)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, front.URL, nil)
+	require.NoError(t, err)
+	go func() {
+		<-arrived
+		cancel()
+	}()
+	_, err = front.Client().Do(req)
+	require.ErrorIs(t, err, context.Canceled)
+	a := log.next(t)
+	assert.ErrorIs(t, a.Err, tapproxy.ErrClientGone)
+	assert.Equal(t, 2, a.Attempts)
+	assert.Equal(t, f.urls(t)[1].Host, a.Upstream)
+	assert.Zero(t, f.hits[2].Load(), "not retried once the client left")
+	for _, s := range p.Upstreams() {
+		assert.True(t, s.Healthy)
+		assert.Zero(t, s.Failures)
+	}
+}
+
+func TestExchangeDescribesTheFinalResponse(t *testing.T) {
+	f := newFleet(t, 2, func(i int, w http.ResponseWriter, r *http.Request) {
+		if i == 0 {
+			w.Header().Set("X-Busy", "yes")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "busy, try elsewhere")
+			return
+		}
+		io.WriteString(w, "done")
+	})
+	rec := newRecorder()
+	p := newBalanced(t, f.urls(t), tapproxy.WithBalancer(tapproxy.First()), tapproxy.WithObserver(rec),
+		tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}}))
+	front := serve(t, p, false)
+	res, body := get(t, front.Client(), front.URL)
+	assert.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, "done", string(body))
+	assert.Empty(t, res.Header.Get("X-Busy"), "nothing of the retried response reaches the client")
+	o := rec.next(t)
+	assert.Equal(t, http.StatusOK, o.Status)
+	assert.Equal(t, "done", string(o.Body))
+	assert.EqualValues(t, 4, o.BodyBytes)
+	assert.Empty(t, o.Header.Get("X-Busy"))
+	assert.NoError(t, o.Err)
+	assert.Equal(t, 1, closeAndCount(t, front, rec))
 }
