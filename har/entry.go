@@ -39,8 +39,8 @@ const startedLayout = "2006-01-02T15:04:05.000Z07:00"
 // [tapproxy.WithUnredactedCredentials].
 //
 // An exchange that got no response has the status the proxy's default error
-// handler answers with: 504 for [tapproxy.ErrUpstreamTimeout], 0 when the
-// client left, 502 otherwise. Every exchange that did not end cleanly
+// handler answers with: 504 for [tapproxy.ErrUpstreamTimeout], 503 for
+// [tapproxy.ErrNoUpstream], 0 when the client left, 502 otherwise. Every exchange that did not end cleanly
 // carries an [Error].
 func FromExchange(ex *tapproxy.Exchange) Entry {
 	if ex == nil {
@@ -236,6 +236,8 @@ func (s *source) response() Response {
 			// A client that left before the headers got none.
 		case KindUpstreamTimeout:
 			r.Status = http.StatusGatewayTimeout
+		case KindNoUpstream:
+			r.Status = http.StatusServiceUnavailable
 		default:
 			r.Status = http.StatusBadGateway
 		}

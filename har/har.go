@@ -259,6 +259,8 @@ const (
 	KindUpstreamReset       = "upstream_reset"
 	KindUpstreamMalformed   = "upstream_malformed"
 	KindClientGone          = "client_gone"
+	KindNoUpstream          = "no_upstream"
+	KindBadRequest          = "bad_request"
 	KindOther               = "_OTHER"
 )
 
@@ -272,6 +274,8 @@ var kinds = [...]struct {
 	{KindUpstreamReset, tapproxy.ErrUpstreamReset},
 	{KindUpstreamMalformed, tapproxy.ErrUpstreamMalformed},
 	{KindClientGone, tapproxy.ErrClientGone},
+	{KindNoUpstream, tapproxy.ErrNoUpstream},
+	{KindBadRequest, tapproxy.ErrBadRequest},
 }
 
 // KindOf returns the Kind of err: "" for nil, KindOther for an error of no
