@@ -84,7 +84,8 @@ func (first) Pick(_ *http.Request, c []*Upstream) *Upstream { return c[0] }
 
 // LeastRequests returns a Balancer that picks two distinct candidates at
 // random and takes the one with fewer requests in flight relative to its
-// weight (the power of two random choices). An upstream's request counts as
+// weight (the power of two random choices), and to its slow start (see
+// [WithSlowStart]). An upstream's request counts as
 // in flight from the pick until its response body has ended. It is the
 // default, since it steers away from a slow upstream without the herd
 // behaviour of always taking the least loaded one.
@@ -104,11 +105,17 @@ func leastOfTwo(c []*Upstream) *Upstream {
 		j++
 	}
 	a, b := c[i], c[j]
-	// a.load/a.weight < b.load/b.weight, without division.
-	if a.inFlight.Load()*int64(b.Weight()) <= b.inFlight.Load()*int64(a.Weight()) {
-		return a
+	// a.load/a.weight <= b.load/b.weight, without division.
+	if a.inFlight.Load()*int64(b.weight) > b.inFlight.Load()*int64(a.weight) {
+		a, b = b, a
 	}
-	return b
+	// An upstream warming up wins only its share of the picks it would
+	// have won, whatever the load: at low load its in-flight count alone
+	// would give it its full share, or none.
+	if s, full := a.share(), int64(a.weight)*1000; s < full && rand.Int64N(full) >= s {
+		return b
+	}
+	return a
 }
 
 // WeightedRoundRobin returns a Balancer that shares requests in proportion
@@ -116,7 +123,8 @@ func leastOfTwo(c []*Upstream) *Upstream {
 // weight of at least 1 per target. It interleaves smoothly, as nginx does: a
 // pool weighted 5:1:1 goes a, a, b, a, c, a, a rather than five a in a row.
 // [Proxy.SetUpstreams] keeps the weight of a target it keeps and gives a new
-// one weight 1.
+// one weight 1. An upstream in its slow start (see [WithSlowStart]) counts
+// with the part of its weight it has reached.
 func WeightedRoundRobin(weights ...int) Balancer {
 	return &weightedRoundRobin{weights: slices.Clone(weights)}
 }
@@ -136,7 +144,7 @@ func (b *weightedRoundRobin) Pick(_ *http.Request, c []*Upstream) *Upstream {
 	var best *Upstream
 	total := int64(0)
 	for _, u := range c {
-		w := int64(u.Weight())
+		w := u.share()
 		u.wrrCurrent += w
 		total += w
 		if best == nil || u.wrrCurrent > best.wrrCurrent {

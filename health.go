@@ -271,6 +271,7 @@ func (p *pool) failed(u *Upstream, err error) {
 	h.ejections++
 	h.ejectedUntil = now.Add(d)
 	h.readmitted = h.ejectedUntil
+	u.warm(h.ejectedUntil) // the slow start begins with the re-admission
 	h.fails.Store(0)
 	p.metrics.ejected(u, ejectPassive)
 	p.store(set.all, now)
@@ -295,6 +296,7 @@ func (p *pool) checked(u *Upstream, err error, hc *HealthCheck) {
 		h.checkFails = 0
 		if h.down && h.checkPasses >= hc.Passes {
 			h.down, changed = false, true
+			u.warm(time.Now())
 		}
 	}
 	if changed && slices.Contains(p.set.Load().all, u) {
@@ -408,4 +410,19 @@ func (p *pool) isDown(u *Upstream) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return u.health.down
+}
+
+// WithSlowStart gives an upstream that becomes healthy again a growing share
+// of the requests: from a tenth of its weight when it is re-admitted after
+// a passive ejection, comes back up after active checks, or joins a pool
+// that serves already through [Proxy.SetUpstreams], linearly up to its full
+// weight after window. A replica that restarted with cold caches, a cold
+// JIT or an empty connection pool is then not flooded at once.
+// [LeastRequests] and [WeightedRoundRobin] heed it; the other balancers
+// ignore it.
+//
+// By default, and with zero, there is none. A negative window makes [New]
+// and [NewBalanced] fail. The last call wins.
+func WithSlowStart(window time.Duration) Option {
+	return optionFunc(func(c *config) { c.slowStart = window })
 }

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -645,4 +646,92 @@ func TestUnhealthyIntervalBringsItBackSooner(t *testing.T) {
 	// can bring the second within the wait.
 	require.Eventually(t, func() bool { return checks.Load() >= 2 }, waitTimeout, time.Millisecond)
 	require.Eventually(t, func() bool { return p.Upstreams()[0].Healthy }, waitTimeout, time.Millisecond)
+}
+
+func TestSlowStart(t *testing.T) {
+	tests := []struct {
+		name     string
+		balancer tapproxy.Balancer
+	}{
+		{"weighted round robin", tapproxy.WeightedRoundRobin(1, 1)},
+		{"least requests", tapproxy.LeastRequests()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFleet(t, 3, nil)
+			const window = time.Minute // far longer than the test
+			p := newBalanced(t, f.urls(t, 0, 1), tapproxy.WithBalancer(tt.balancer), tapproxy.WithSlowStart(window))
+			front := serve(t, p, false)
+
+			// Held requests, so that least requests has loads to weigh.
+			c := front.Client()
+			require.NoError(t, p.SetUpstreams(f.urls(t, 0, 1, 2)))
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			seq := []int{}
+			for range 4 {
+				wg.Go(func() {
+					for range 75 {
+						i, code := which(t, c, front.URL)
+						if !assert.Equal(t, http.StatusOK, code) {
+							return
+						}
+						mu.Lock()
+						seq = append(seq, i)
+						mu.Unlock()
+					}
+				})
+			}
+			wg.Wait()
+			got := tally(seq, 3)
+			// At about a tenth of its weight, the new upstream gets about
+			// a twentieth of the requests, not a third.
+			assert.Less(t, got[2], 50, "the new upstream warms up: %v", got)
+			assert.Positive(t, got[2], "but it gets some traffic: %v", got)
+		})
+	}
+
+	t.Run("without slow start", func(t *testing.T) {
+		f := newFleet(t, 3, nil)
+		p := newBalanced(t, f.urls(t, 0, 1), tapproxy.WithBalancer(tapproxy.WeightedRoundRobin(1, 1)))
+		front := serve(t, p, false)
+		require.NoError(t, p.SetUpstreams(f.urls(t, 0, 1, 2)))
+		got := tally(sequence(t, front.Client(), front.URL, 300), 3)
+		assert.InDelta(t, 100, got[2], 2, "a new upstream takes its full share at once: %v", got)
+	})
+
+	t.Run("ends after the window", func(t *testing.T) {
+		f := newFleet(t, 3, nil)
+		const window = 50 * time.Millisecond
+		p := newBalanced(t, f.urls(t, 0, 1), tapproxy.WithBalancer(tapproxy.WeightedRoundRobin(1, 1)), tapproxy.WithSlowStart(window))
+		front := serve(t, p, false)
+		require.NoError(t, p.SetUpstreams(f.urls(t, 0, 1, 2)))
+		time.Sleep(2 * window) // the clock is what slow start measures
+		got := tally(sequence(t, front.Client(), front.URL, 300), 3)
+		assert.InDelta(t, 100, got[2], 2, "warm after the window: %v", got)
+	})
+}
+
+func TestSlowStartAfterReadmission(t *testing.T) {
+	var down atomic.Bool
+	f := newFleet(t, 2, func(i int, w http.ResponseWriter, r *http.Request) {
+		if i == 1 && down.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, strconv.Itoa(i))
+	})
+	p := newBalanced(t, f.urls(t), tapproxy.WithBalancer(tapproxy.WeightedRoundRobin(1, 1)),
+		tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: 1, Statuses: []int{503}, Ejection: 20 * time.Millisecond}),
+		tapproxy.WithSlowStart(time.Minute))
+	front := serve(t, p, false)
+	down.Store(true)
+	require.Eventually(t, func() bool {
+		get(t, front.Client(), front.URL)
+		return !statusOf(t, p, f.urls(t, 1)[0]).Healthy
+	}, waitTimeout, time.Millisecond, "upstream 1 is ejected")
+	down.Store(false)
+	require.Eventually(t, func() bool { return statusOf(t, p, f.urls(t, 1)[0]).Healthy }, waitTimeout, time.Millisecond)
+	got := tally(sequence(t, front.Client(), front.URL, 200), 2)
+	assert.Less(t, got[1], 40, "re-admitted, upstream 1 warms up instead of taking half: %v", got)
 }

@@ -48,6 +48,7 @@ type config struct {
 	healthCheck     *HealthCheck
 	passiveHealth   *PassiveHealth
 	retry           *Retry
+	slowStart       time.Duration
 	rawPaths        bool // path normalisation off
 	escapedSlashes  EscapedSlashAction
 	bodyLimit       int64

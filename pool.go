@@ -25,6 +25,11 @@ type Upstream struct {
 	inFlight   atomic.Int64
 	wrrCurrent int64 // the smooth weighted round robin's state, under its lock
 
+	// warmFrom is when the upstream's slow start began, in Unix
+	// nanoseconds, or 0 when it takes its full share (see WithSlowStart).
+	warmFrom  atomic.Int64
+	slowStart time.Duration
+
 	health upstreamHealth
 	attrs  upstreamAttrs
 }
@@ -39,6 +44,37 @@ func (u *Upstream) InFlight() int { return int(u.inFlight.Load()) }
 // Weight returns the upstream's weight: the one [WeightedRoundRobin] gave
 // it, or 1.
 func (u *Upstream) Weight() int { return u.weight }
+
+// minWarmShare is the share of its weight, in thousandths, that an
+// upstream starts its slow start with.
+const minWarmShare = 100
+
+// share returns the upstream's weight in thousandths, less while it warms
+// up: from a tenth of its weight to all of it, linearly over the slow start.
+// It reads the clock only while the upstream warms up.
+func (u *Upstream) share() int64 {
+	full := int64(u.weight) * 1000
+	from := u.warmFrom.Load()
+	if from == 0 {
+		return full
+	}
+	elapsed := time.Now().UnixNano() - from
+	switch {
+	case elapsed >= int64(u.slowStart):
+		u.warmFrom.CompareAndSwap(from, 0) // warm: no more clock reads
+		return full
+	case elapsed <= 0:
+		return full * minWarmShare / 1000 // still ejected: failing open
+	}
+	return full * (minWarmShare + (1000-minWarmShare)*elapsed/int64(u.slowStart)) / 1000
+}
+
+// warm starts the upstream's slow start at t, if there is one.
+func (u *Upstream) warm(t time.Time) {
+	if u.slowStart > 0 {
+		u.warmFrom.Store(t.UnixNano())
+	}
+}
 
 // UpstreamStatus is a snapshot of one upstream of a pool, from
 // [Proxy.Upstreams].
@@ -76,19 +112,20 @@ type upstreamSet struct {
 // pool holds a proxy's upstreams: the set, how to pick among them, and
 // their health.
 type pool struct {
-	set      atomic.Pointer[upstreamSet]
-	mu       sync.Mutex // serializes changes of membership and health
-	balancer Balancer
-	passive  *passiveHealth // nil: off
-	checker  *healthChecker // nil: no active checks
-	metrics  *meters
-	balanced bool // from NewBalanced: targets are validated as a pool's
+	set       atomic.Pointer[upstreamSet]
+	mu        sync.Mutex // serializes changes of membership and health
+	balancer  Balancer
+	passive   *passiveHealth // nil: off
+	checker   *healthChecker // nil: no active checks
+	metrics   *meters
+	balanced  bool          // from NewBalanced: targets are validated as a pool's
+	slowStart time.Duration // 0: none (see WithSlowStart)
 }
 
 // newUpstream makes an upstream for target, which has been validated.
 func (p *pool) newUpstream(target *url.URL, weight int) *Upstream {
 	t := *target // the caller may reuse theirs
-	u := &Upstream{url: &t, key: upstreamKey(&t), hash: fnv64(strings.ToLower(t.Host)), weight: weight}
+	u := &Upstream{url: &t, key: upstreamKey(&t), hash: fnv64(strings.ToLower(t.Host)), weight: weight, slowStart: p.slowStart}
 	u.attrs = p.metrics.upstreamAttrs(&t)
 	return u
 }
@@ -191,15 +228,19 @@ func (p *Proxy) SetUpstreams(targets []*url.URL) error {
 		kept[u.key] = u
 	}
 	all := make([]*Upstream, 0, len(targets))
+	now := time.Now()
 	for _, t := range targets {
 		u, ok := kept[upstreamKey(t)]
 		if !ok {
 			u = pl.newUpstream(t, 1)
+			if len(old.all) > 0 {
+				u.warm(now) // joins a pool that serves already
+			}
 		}
 		delete(kept, u.key)
 		all = append(all, u)
 	}
-	pl.store(all, time.Now())
+	pl.store(all, now)
 	if pl.checker != nil {
 		pl.checker.sync(all)
 	}

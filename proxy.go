@@ -137,6 +137,9 @@ func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*P
 	if c.escapedSlashes < KeepEscaped || c.escapedSlashes > UnescapeAndRedirect {
 		errs = append(errs, fmt.Errorf("tapproxy: unknown escaped-slash action %d", c.escapedSlashes))
 	}
+	if c.slowStart < 0 {
+		errs = append(errs, fmt.Errorf("tapproxy: slow start %v is negative", c.slowStart))
+	}
 	if c.bodyLimit < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: request body limit %d is negative", c.bodyLimit))
 	}
@@ -148,7 +151,7 @@ func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*P
 		return nil, err
 	}
 
-	pl := &pool{balancer: c.balancer, passive: passive, checker: checks, metrics: m, balanced: balanced}
+	pl := &pool{balancer: c.balancer, passive: passive, checker: checks, metrics: m, balanced: balanced, slowStart: c.slowStart}
 	ups := make([]*Upstream, len(targets))
 	for i, t := range targets {
 		w := 1
