@@ -248,8 +248,9 @@ var errWriteFailed = errors.New("tapproxy: write to client failed")
 func (p *Proxy) finish(ctx context.Context, st *exchangeState) {
 	ex, tee := &st.ex, &st.body
 	// ReverseProxy returns, or fails with a read error, only after writing
-	// what it read last; when it fails without one, the write failed.
-	delivered := st.served || tee.readErr != nil
+	// what it read last; when it fails without one, the write failed, but
+	// over HTTP/2 its bytes may have gone out all the same.
+	delivered := st.served || tee.readErr != nil || tee.completedBeforeReset(st.metrics.in)
 	if delivered {
 		ex.BodyBytes += tee.pending
 	}
