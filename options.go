@@ -31,6 +31,7 @@ type config struct {
 	captureLimit    int64
 	reqCapture      int64
 	captureBudget   int64
+	capturePolicy   func(*http.Response) int64
 	transport       http.RoundTripper
 	flushInterval   time.Duration
 	errorHandler    func(http.ResponseWriter, *http.Request, error)

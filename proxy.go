@@ -10,7 +10,10 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"runtime/debug"
+	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
 )
 
 // Proxy is an observing reverse proxy to one target. It is an
@@ -29,7 +32,10 @@ type Proxy struct {
 	logger          *slog.Logger
 	captures        capturePool
 	reqCaptures     capturePool
-	budget          *captureBudget // nil: captures are not bounded together
+	budget          *captureBudget // always set: it counts what captures hold
+	policy          func(*http.Response) int64
+	gauges          metric.Registration // the capture gauges' callback
+	stopGauges      sync.Once
 	decoders        map[string]Decoder
 	decodeLimit     int64
 	showCredentials bool
@@ -92,14 +98,16 @@ func New(target *url.URL, opts ...Option) (*Proxy, error) {
 		metrics:         m,
 		transport:       c.transport,
 	}
-	if c.captureBudget > 0 {
-		p.budget = &captureBudget{limit: c.captureBudget}
-	}
-	if len(c.observers) > 0 {
-		// Without observers nobody reads the captures, so take none;
-		// bodies are still counted.
+	p.budget = newCaptureBudget(c.captureBudget)
+	if readsBodies(c.observers) {
+		// Without observers that read them nobody reads the captures, so
+		// take none; bodies are still counted.
 		p.captureLimit = int(min(c.captureLimit, math.MaxInt32))
 		p.reqCapture = int(min(c.reqCapture, math.MaxInt32))
+		p.policy = c.capturePolicy
+	}
+	if p.gauges, err = p.budget.register(c.meterProvider); err != nil {
+		return nil, fmt.Errorf("tapproxy: creating instruments: %w", err)
 	}
 	if c.async && len(c.observers) > 0 {
 		p.async = newDispatcher(p, c.asyncWorkers, c.asyncQueue)
@@ -192,6 +200,9 @@ func (p *Proxy) onResponse(res *http.Response) error {
 		// ReverseProxy needs the body as an io.ReadWriteCloser: leave it.
 		st.ex.Upgraded = true
 		return nil
+	}
+	if p.policy != nil {
+		st.resp.limit = p.captureLimitFor(res.Request.Context(), res)
 	}
 	st.body = responseTee{rc: res.Body, st: st, length: res.ContentLength}
 	res.Body = &st.body
