@@ -214,26 +214,34 @@ func gaugeValue(tb testing.TB, reader sdkmetric.Reader, name string) (v int64, o
 func TestCaptureHeldGauge(t *testing.T) {
 	const limit, sent = 16 << 10, 20 << 10
 	tests := []struct {
-		name   string
-		budget int64
-	}{{"no budget", 0}, {"with a budget", 1 << 20}}
+		name       string
+		budget     int64 // < 0: the default
+		wantBudget int64 // 0: no budget gauge
+	}{
+		{"default budget", -1, tapproxy.DefaultCaptureBudget},
+		{"no budget", 0, 0},
+		{"with a budget", 1 << 20, 1 << 20},
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			release := make(chan struct{})
 			up := heldUpstream(t, sent, 16, release)
 			reader := sdkmetric.NewManualReader()
 			rec := newRecorder()
-			p := newProxy(t, up.URL, tapproxy.WithObserver(rec), tapproxy.WithCaptureLimit(limit),
-				tapproxy.WithCaptureBudget(tt.budget),
-				tapproxy.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))))
+			opts := []tapproxy.Option{tapproxy.WithObserver(rec), tapproxy.WithCaptureLimit(limit),
+				tapproxy.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))}
+			if tt.budget >= 0 {
+				opts = append(opts, tapproxy.WithCaptureBudget(tt.budget))
+			}
+			p := newProxy(t, up.URL, opts...)
 			front := serve(t, p, false)
 
 			held, ok := gaugeValue(t, reader, "tapproxy.capture.held")
 			assert.True(t, ok)
 			assert.Zero(t, held, "nothing in flight")
 			limitSeen, ok := gaugeValue(t, reader, "tapproxy.capture.budget")
-			assert.Equal(t, tt.budget > 0, ok, "the budget gauge is there with a budget")
-			assert.Equal(t, tt.budget, limitSeen)
+			assert.Equal(t, tt.wantBudget > 0, ok, "the budget gauge is there with a budget")
+			assert.Equal(t, tt.wantBudget, limitSeen)
 
 			// Two responses held open past the capture limit: each capture
 			// holds exactly the limit.
