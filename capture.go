@@ -76,7 +76,8 @@ type Exchange struct {
 	BodyBytes int64
 
 	// Truncated reports that Body holds fewer bytes than BodyBytes,
-	// because of the capture limit or the capture budget.
+	// because of the capture limit (or the capture policy's limit for
+	// this response), or the capture budget.
 	Truncated bool
 
 	// RequestBodyBytes counts the request body bytes sent upstream.
