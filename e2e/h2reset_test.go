@@ -195,8 +195,8 @@ func (b *sizedBody) Close() error { return b.rc.Close() }
 
 // holdingListener's connections hold the write that completes any HTTP/2
 // stream's n DATA bytes, after it went to the wire, until the channel that
-// until returned before the write is closed. It
-// reads the server's frames as they are written: plaintext HTTP/2 only.
+// until returned before the write is closed. They follow the server's
+// frames as they are written: plaintext HTTP/2 only.
 type holdingListener struct {
 	net.Listener
 	tb    testing.TB
