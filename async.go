@@ -75,15 +75,20 @@ func (d *dispatcher) close(ctx context.Context) error {
 // already queued have been observed, or until ctx is done, when it returns
 // ctx's error and the workers finish the queue in the background. Exchanges
 // that end after Shutdown began are observed on their request's goroutine,
-// so none is lost. It also closes the transport's idle connections.
+// so none is lost. It also closes the transport's idle connections, and
+// stops reporting the gauges (tapproxy.capture.held,
+// tapproxy.capture.budget and tapproxy.upstream.healthy), whose callbacks
+// would otherwise keep the proxy reachable from its MeterProvider.
 //
 // Shut the [http.Server] down first, so that no new requests arrive. Calling
 // Shutdown again waits again; it is safe for concurrent use.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.pool.close()
-	if p.healthGauge != nil {
-		_ = p.healthGauge.Unregister()
-	}
+	p.stopGauges.Do(func() {
+		for _, g := range p.gauges {
+			_ = g.Unregister()
+		}
+	})
 	if ci, ok := p.transport.(interface{ CloseIdleConnections() }); ok {
 		ci.CloseIdleConnections()
 	}

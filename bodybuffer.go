@@ -1,8 +1,13 @@
 package tapproxy
 
 import (
+	"context"
+	"math"
 	"sync"
 	"sync/atomic"
+
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 )
 
 // bodyBuffer keeps the first limit bytes written to it and counts the rest.
@@ -125,18 +130,35 @@ func (p *capturePool) put(b *[]byte) {
 	p.pool.Put(b)
 }
 
-// captureBudget bounds the bytes that the in-flight captures of one Proxy
-// hold together (see WithCaptureBudget). Buffers reserve capacity before
-// they grow and give it back when the exchange is released; buffers
-// resting in the pool are not counted.
+// captureBudget counts the bytes that the in-flight captures of one Proxy
+// hold together, and bounds them (see WithCaptureBudget). Buffers reserve
+// capacity before they grow and give it back when the exchange is
+// released; buffers resting in the pool are not counted.
 type captureBudget struct {
-	limit int64
+	limit int64 // math.MaxInt64: no bound, only the count
 	used  atomic.Int64
 }
+
+// newCaptureBudget returns a budget of limit bytes; 0 counts without a
+// bound.
+func newCaptureBudget(limit int64) *captureBudget {
+	if limit <= 0 {
+		limit = math.MaxInt64
+	}
+	return &captureBudget{limit: limit}
+}
+
+// bounded reports whether the budget has a limit.
+func (c *captureBudget) bounded() bool { return c.limit != math.MaxInt64 }
 
 // reserve takes n bytes from the budget if they fit.
 func (c *captureBudget) reserve(n int64) bool {
 	if n <= 0 {
+		return true
+	}
+	if !c.bounded() {
+		// A counter only: one atomic add, no compare-and-swap loop.
+		c.used.Add(n)
 		return true
 	}
 	for {
@@ -148,4 +170,40 @@ func (c *captureBudget) reserve(n int64) bool {
 			return true
 		}
 	}
+}
+
+// The names of the capture gauges.
+const (
+	captureHeldName   = "tapproxy.capture.held"
+	captureBudgetName = "tapproxy.capture.budget"
+)
+
+// register reports, through mp, the bytes the captures hold, and the
+// budget's limit if it has one, each time the metrics are collected.
+func (c *captureBudget) register(mp metric.MeterProvider) (metric.Registration, error) {
+	meter := mp.Meter(ScopeName, metric.WithInstrumentationVersion(Version), metric.WithSchemaURL(semconv.SchemaURL))
+	held, err := meter.Int64ObservableGauge(captureHeldName,
+		metric.WithDescription("Bytes that the captures of in-flight exchanges hold now."),
+		metric.WithUnit("By"))
+	if err != nil {
+		return nil, err
+	}
+	insts := []metric.Observable{held}
+	var limit metric.Int64ObservableGauge
+	if c.bounded() {
+		limit, err = meter.Int64ObservableGauge(captureBudgetName,
+			metric.WithDescription("The capture budget: the most bytes that captures may hold together."),
+			metric.WithUnit("By"))
+		if err != nil {
+			return nil, err
+		}
+		insts = append(insts, limit)
+	}
+	return meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(held, c.used.Load())
+		if limit != nil {
+			o.ObserveInt64(limit, c.limit)
+		}
+		return nil
+	}, insts...)
 }

@@ -80,11 +80,16 @@ type Exchange struct {
 	Duration time.Duration
 
 	// BodyBytes counts the response body bytes delivered to the client:
-	// 0 when no upstream response arrived.
+	// 0 when no upstream response arrived. Over HTTP/2, bytes that
+	// complete a declared length count as delivered even when their write
+	// failed because the client reset the stream or closed the connection
+	// in that instant: the server cannot tell whether their frame had
+	// left, and such a client nearly always stopped because it had them.
 	BodyBytes int64
 
 	// Truncated reports that Body holds fewer bytes than BodyBytes,
-	// because of the capture limit or the capture budget.
+	// because of the capture limit (or the capture policy's limit for
+	// this response), or the capture budget.
 	Truncated bool
 
 	// RequestBodyBytes counts the request body bytes sent upstream.
@@ -217,6 +222,26 @@ func (t *responseTee) Read(p []byte) (int, error) {
 }
 
 func (t *responseTee) Close() error { return t.rc.Close() }
+
+// completedBeforeReset reports whether the bytes of the last read count as
+// delivered although ReverseProxy's write of them failed: they complete
+// the declared length, on an HTTP/2 (or later) request.
+//
+// Over HTTP/2 a failed Write does not mean that its bytes stayed behind.
+// The server's handler waits for the result of its DATA frame's write or
+// for the end of the stream or connection, whichever it sees first, and
+// different goroutines report them. A client that has the declared length
+// may reset the stream or close the connection at once, before END_STREAM
+// (curl does); if the server handles that before the frame write's result,
+// Write fails although the frame is on the wire, and ReverseProxy aborts.
+// The handler cannot tell that from a frame that never left, but a client
+// that stops in just that instant nearly always stopped because it had
+// every byte. Over HTTP/1.1 a failed write means the connection failed, so
+// its bytes are not counted.
+func (t *responseTee) completedBeforeReset(in *http.Request) bool {
+	return in != nil && in.ProtoMajor >= 2 && t.pending > 0 && t.length >= 0 &&
+		t.st.ex.BodyBytes+t.pending == t.length
+}
 
 // requestTee counts and captures the request body as the transport reads
 // it. The transport may read on its own goroutine, even after the handler

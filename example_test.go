@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -368,4 +369,51 @@ func ExampleWithPathNormalization() {
 	// /api/users/../orders -> 200 /v1/orders
 	// /api/%2e%2e/secret -> 200 /v1/secret
 	// /api/../../etc -> 400
+}
+
+// Keeping bodies only where an observer parses them: JSON in full, event
+// streams not at all. The client gets every byte either way.
+func ExampleWithCapturePolicy() {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/events" {
+			w.Header().Set("Content-Type", "text/event-stream")
+			io.WriteString(w, "data: tick\n\n")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"ok":true}`)
+	}))
+	defer upstream.Close()
+
+	seen := make(chan string, 1)
+	target, _ := url.Parse(upstream.URL)
+	proxy, err := tapproxy.New(target,
+		tapproxy.WithCapturePolicy(func(res *http.Response) int64 {
+			if strings.HasPrefix(res.Header.Get("Content-Type"), "application/json") {
+				return 1 << 20
+			}
+			return 0
+		}),
+		tapproxy.WithObserver(tapproxy.ObserverFunc(func(ctx context.Context, ex *tapproxy.Exchange) {
+			body, _ := io.ReadAll(ex.Body())
+			seen <- fmt.Sprintf("%s: %d bytes relayed, %q kept", ex.Request.URL.Path, ex.BodyBytes, body)
+		})))
+	if err != nil {
+		log.Fatal(err)
+	}
+	front := httptest.NewServer(proxy)
+	defer front.Close()
+
+	for _, path := range []string{"/orders", "/events"} {
+		res, err := http.Get(front.URL + path)
+		if err != nil {
+			log.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		fmt.Println(<-seen)
+	}
+	// Output:
+	// /orders: 11 bytes relayed, "{\"ok\":true}" kept
+	// /events: 12 bytes relayed, "" kept
 }

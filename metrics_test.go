@@ -222,6 +222,8 @@ func (e exchangeMetrics) want() []metricdata.Metrics {
 			"By", sizeBuckets, histogram{e.server, 1, e.reqBytes}),
 		intHistogram(httpconv.ServerResponseBodySize{}.Name(), httpconv.ServerResponseBodySize{}.Description(),
 			"By", sizeBuckets, histogram{e.server, 1, e.resBytes}),
+		heldGauge(0),
+		budgetGauge(tapproxy.DefaultCaptureBudget),
 	}
 	if e.client != nil {
 		want = append(want,
@@ -241,6 +243,26 @@ func (e exchangeMetrics) want() []metricdata.Metrics {
 			"s", specDurationBuckets, histogram{*e.headers, 1, -1}))
 	}
 	return want
+}
+
+// heldGauge is the expected tapproxy.capture.held.
+func heldGauge(v int64) metricdata.Metrics {
+	return metricdata.Metrics{
+		Name:        "tapproxy.capture.held",
+		Description: "Bytes that the captures of in-flight exchanges hold now.",
+		Unit:        "By",
+		Data:        metricdata.Gauge[int64]{DataPoints: []metricdata.DataPoint[int64]{{Value: v}}},
+	}
+}
+
+// budgetGauge is the expected tapproxy.capture.budget.
+func budgetGauge(v int64) metricdata.Metrics {
+	return metricdata.Metrics{
+		Name:        "tapproxy.capture.budget",
+		Description: "The capture budget: the most bytes that captures may hold together.",
+		Unit:        "By",
+		Data:        metricdata.Gauge[int64]{DataPoints: []metricdata.DataPoint[int64]{{Value: v}}},
+	}
 }
 
 func TestMetricsPerOutcome(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"runtime/debug"
 	"slices"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -34,15 +35,17 @@ type Proxy struct {
 	logger          *slog.Logger
 	captures        capturePool
 	reqCaptures     capturePool
-	budget          *captureBudget // nil: captures are not bounded together
+	budget          *captureBudget // always set: it counts what captures hold
+	policy          func(*http.Response) int64
+	gauges          []metric.Registration // the gauges' callbacks
+	stopGauges      sync.Once
 	decoders        map[string]Decoder
 	decodeLimit     int64
 	showCredentials bool
 	metrics         *meters
 	transport       http.RoundTripper
 	async           *dispatcher // nil: observers run on the request's goroutine
-	healthGauge     metric.Registration
-	normalize       bool // resolve dot-segments in request paths
+	normalize       bool        // resolve dot-segments in request paths
 	escapedSlashes  EscapedSlashAction
 	bodyLimit       int64 // 0: none
 }
@@ -178,18 +181,24 @@ func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*P
 		escapedSlashes:  c.escapedSlashes,
 		bodyLimit:       c.bodyLimit,
 	}
-	if c.captureBudget > 0 {
-		p.budget = &captureBudget{limit: c.captureBudget}
-	}
-	if len(c.observers) > 0 {
-		// Without observers nobody reads the captures, so take none;
-		// bodies are still counted.
+	p.budget = newCaptureBudget(c.captureBudget)
+	if readsBodies(c.observers) {
+		// Without observers that read them nobody reads the captures, so
+		// take none; bodies are still counted.
 		p.captureLimit = int(min(c.captureLimit, math.MaxInt32))
 		p.reqCapture = int(min(c.reqCapture, math.MaxInt32))
+		p.policy = c.capturePolicy
 	}
-	if p.healthGauge, err = m.observeHealth(pl); err != nil {
+	capture, err := p.budget.register(c.meterProvider)
+	if err != nil {
+		return nil, fmt.Errorf("tapproxy: creating instruments: %w", err)
+	}
+	health, err := m.observeHealth(pl)
+	if err != nil {
+		_ = capture.Unregister()
 		return nil, fmt.Errorf("tapproxy: registering the upstream health gauge: %w", err)
 	}
+	p.gauges = []metric.Registration{capture, health}
 	if c.async && len(c.observers) > 0 {
 		p.async = newDispatcher(p, c.asyncWorkers, c.asyncQueue)
 	}
@@ -299,6 +308,9 @@ func (p *Proxy) onResponse(res *http.Response) error {
 		st.ex.Upgraded = true
 		return nil
 	}
+	if p.policy != nil {
+		st.resp.limit = p.captureLimitFor(res.Request.Context(), res)
+	}
 	st.body = responseTee{rc: res.Body, st: st, length: res.ContentLength}
 	res.Body = &st.body
 	return nil
@@ -356,8 +368,9 @@ var errWriteFailed = errors.New("tapproxy: write to client failed")
 func (p *Proxy) finish(ctx context.Context, st *exchangeState) {
 	ex, tee := &st.ex, &st.body
 	// ReverseProxy returns, or fails with a read error, only after writing
-	// what it read last; when it fails without one, the write failed.
-	delivered := st.served || tee.readErr != nil
+	// what it read last; when it fails without one, the write failed, but
+	// over HTTP/2 its bytes may have gone out all the same.
+	delivered := st.served || tee.readErr != nil || tee.completedBeforeReset(st.metrics.in)
 	if delivered {
 		ex.BodyBytes += tee.pending
 	}

@@ -252,29 +252,44 @@ func TestEarlyHintsForwarded(t *testing.T) {
 
 func TestTrailersReachClientAndExchange(t *testing.T) {
 	for _, leg := range legs {
-		t.Run(leg.name, func(t *testing.T) {
-			rec := newRecorder()
-			_, front := newPair(t, leg.h2, func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Trailer", "X-Announced")
-				w.Write([]byte("body"))
-				http.NewResponseController(w).Flush()
-				w.Header().Set("X-Announced", "a")
-				w.Header().Set(http.TrailerPrefix+"X-Unannounced", "u")
-			}, tapproxy.WithObserver(rec))
-
-			res, body := get(t, front.Client(), front.URL)
-			assert.Equal(t, "body", string(body))
-			assert.Equal(t, "a", res.Trailer.Get("X-Announced"))
-			assert.Equal(t, "u", res.Trailer.Get("X-Unannounced"))
-
-			o := rec.next(t)
-			assert.Equal(t, "a", o.Trailer.Get("X-Announced"))
-			assert.Equal(t, "u", o.Trailer.Get("X-Unannounced"))
-			assert.Equal(t, "body", string(o.Body))
-			assert.NoError(t, o.Err)
-			assert.Equal(t, 1, closeAndCount(t, front, rec))
-		})
+		for _, declared := range []bool{false, true} {
+			if declared && !leg.h2 {
+				continue // HTTP/1.1 sends trailers only after a chunked body
+			}
+			t.Run(fmt.Sprintf("%s/declared length %v", leg.name, declared), func(t *testing.T) {
+				testTrailers(t, leg.h2, declared)
+			})
+		}
 	}
+}
+
+// testTrailers: with declared, the upstream declares the body's length and
+// sends trailers after it, which the proxy must wait for.
+func testTrailers(t *testing.T, h2, declared bool) {
+	rec := newRecorder()
+	_, front := newPair(t, h2, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-Announced")
+		if declared {
+			w.Header().Set("Content-Length", "4")
+		}
+		w.Write([]byte("body"))
+		http.NewResponseController(w).Flush()
+		w.Header().Set("X-Announced", "a")
+		w.Header().Set(http.TrailerPrefix+"X-Unannounced", "u")
+	}, tapproxy.WithObserver(rec))
+
+	res, body := get(t, front.Client(), front.URL)
+	assert.Equal(t, "body", string(body))
+	assert.Equal(t, "a", res.Trailer.Get("X-Announced"))
+	assert.Equal(t, "u", res.Trailer.Get("X-Unannounced"))
+
+	o := rec.next(t)
+	assert.Equal(t, "a", o.Trailer.Get("X-Announced"))
+	assert.Equal(t, "u", o.Trailer.Get("X-Unannounced"))
+	assert.Equal(t, "body", string(o.Body))
+	assert.EqualValues(t, 4, o.BodyBytes)
+	assert.NoError(t, o.Err)
+	assert.Equal(t, 1, closeAndCount(t, front, rec))
 }
 
 // TestStreamsFlushAsTheyArrive has the upstream hold back the rest of its

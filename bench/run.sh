@@ -3,7 +3,7 @@
 # then the Go benchmarks, all from one run on this machine. Arguments go to
 # loadcompare (for example -rounds 3 -duration 1s); BENCHTIME and
 # BENCHCOUNT set the Go benchmarks' -benchtime and -count (default 500ms, 3:
-# each figure is the median of 3). Takes about 4 minutes on 2 cores.
+# each figure is the median of 3). Takes about 6 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +38,9 @@ lists the flags for rounds, durations and sizes).
 | allocs/op | <= bare + 12 |
 | 1 GiB response, 64 KiB capture | proxy heap growth <= 16 MiB; time to first byte <= 1.2 x bare |
 | req/s at 1 KiB, every exchange recorded into a `har.Recorder` with `WithAsyncObservers` (variant `har`) | >= 0.85 x the same proxy without it (variant `tapproxy`) |
+| peak RSS at 2,000 held streams, observers that read no body | <= 1.15 x bare |
+| peak RSS at 2,000 held streams, one observer, defaults | <= 2 x bare |
+| req/s at 512 connections | >= 0.95 x bare |
 
 `go test` holds what is deterministic: `TestAllocsWithinBudgetOfBareProxy`
 (allocations per request against an in-memory upstream) and
@@ -48,7 +51,7 @@ HEAD
 	echo "Load average of the machine when the run started: $loadavg (on $(nproc) CPUs):"
 	echo "other work was sharing the machine if it is well above 0."
 	echo
-	go run ./bench/cmd/loadcompare -markdown "$@"
+	go run ./bench/cmd/loadcompare -markdown -memory "$@"
 	cat <<HEAD
 
 ### Go benchmarks

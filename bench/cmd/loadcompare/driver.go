@@ -319,6 +319,7 @@ type report struct {
 	took     time.Duration
 	load     map[string]*loadResult
 	big      map[string]*bigResult
+	mem      *memReport // nil unless -memory
 }
 
 // run measures and prints the report; failed says a budget line failed.
@@ -327,7 +328,11 @@ func run(ctx context.Context, cfg config, w io.Writer) (failed bool, err error) 
 	if err != nil {
 		return false, err
 	}
-	return rep.print(w, cfg.markdown), nil
+	failed = rep.print(w, cfg.markdown)
+	if rep.mem != nil {
+		failed = rep.mem.print(w, cfg.markdown) || failed
+	}
+	return failed, nil
 }
 
 // measure runs both scenarios.
@@ -337,6 +342,11 @@ func measure(ctx context.Context, cfg config) (*report, error) {
 	}
 	if cfg.big > 0 && cfg.big < 1<<10 {
 		return nil, errors.New("big must be at least 1024 bytes")
+	}
+	if cfg.mem.on {
+		if err := cfg.mem.validate(); err != nil {
+			return nil, err
+		}
 	}
 	variants := strings.Split(cfg.variants, ",")
 	for _, v := range variants {
@@ -360,6 +370,11 @@ func measure(ctx context.Context, cfg config) (*report, error) {
 	}
 	if cfg.big > 0 {
 		if err := runBig(ctx, cfg, up, variants, rep); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.mem.on {
+		if rep.mem, err = runMemory(ctx, cfg, up); err != nil {
 			return nil, err
 		}
 	}

@@ -62,6 +62,7 @@ type config struct {
 	variants string
 	markdown bool
 	strict   bool
+	mem      memConfig
 	args     []string // as given, for the report
 }
 
@@ -76,6 +77,7 @@ func defaultConfig() config {
 		probes:   101,
 		timeout:  10 * time.Minute,
 		variants: strings.Join(allVariants(), ","),
+		mem:      defaultMemConfig(),
 	}
 }
 
@@ -91,4 +93,5 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.variants, "variants", c.variants, "comma-separated variants to compare")
 	fs.BoolVar(&c.markdown, "markdown", c.markdown, "print the report as Markdown")
 	fs.BoolVar(&c.strict, "strict", c.strict, "exit 1 if a budget line fails")
+	c.mem.flags(fs)
 }

@@ -100,8 +100,14 @@ func listen() net.Listener {
 	return ln
 }
 
+// quietServer serves HTTP/1.1 and, for the memory scenario's multiplexing
+// client, h2c with prior knowledge.
 func quietServer(h http.Handler) *http.Server {
-	return &http.Server{Handler: h, ErrorLog: log.New(io.Discard, "", 0), ReadHeaderTimeout: 10 * time.Second}
+	s := &http.Server{Handler: h, ErrorLog: log.New(io.Discard, "", 0), ReadHeaderTimeout: 10 * time.Second}
+	s.Protocols = new(http.Protocols)
+	s.Protocols.SetHTTP1(true)
+	s.Protocols.SetUnencryptedHTTP2(true)
+	return s
 }
 
 // upstreamHandler serves /bytes/N: N bytes with a Content-Length; and
@@ -154,6 +160,7 @@ func upstreamHandler() http.Handler {
 			left -= k
 		}
 	})
+	heldRoute(mux)
 	return mux
 }
 
@@ -191,6 +198,9 @@ func newVariant(name string, targets []*url.URL) (http.Handler, error) {
 		// of every exchange, off the request path.
 		return tapproxy.New(target, tapproxy.WithLogger(discardLogger),
 			tapproxy.WithAsyncObservers(2, 4096), tapproxy.WithObserver(har.NewRecorder()))
+	}
+	if h, ok, err := memoryVariant(name, target); ok {
+		return h, err
 	}
 	return nil, fmt.Errorf("unknown variant %q", name)
 }
