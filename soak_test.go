@@ -159,7 +159,9 @@ func soakRun(t *testing.T) {
 
 	newProxy := func(name string, o *soakObserver, opts ...tapproxy.Option) *soakProxy {
 		tr := tapproxy.NewTransport()
-		tr.ResponseHeaderTimeout = 300 * time.Millisecond // for /stall
+		// For /stall; far longer than /hang takes to leave (at most 20 ms),
+		// however loaded the machine, so that the two never mix.
+		tr.ResponseHeaderTimeout = time.Second
 		mp, reader := newReader(t)
 		sp := &soakProxy{name: name, observer: o, logs: &logCounter{n: map[string]int{}}}
 		opts = append([]tapproxy.Option{
