@@ -178,15 +178,15 @@ func newPassiveHealth(ph *PassiveHealth) (*passiveHealth, error) {
 	if ph == nil {
 		ph = new(PassiveHealth)
 	}
-	if ph.Failures < 0 {
-		return nil, nil
-	}
 	var errs []error
 	if ph.Ejection < 0 || ph.MaxEjection < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: passive health: negative duration (Ejection %v, MaxEjection %v)", ph.Ejection, ph.MaxEjection))
 	}
 	if ph.MaxEjectedPercent < 0 || ph.MaxEjectedPercent > 100 {
 		errs = append(errs, fmt.Errorf("tapproxy: passive health: MaxEjectedPercent %d is outside [0, 100]", ph.MaxEjectedPercent))
+	}
+	if err := errors.Join(errs...); err != nil || ph.Failures < 0 {
+		return nil, err // off, but checked all the same
 	}
 	h := passiveHealth(*ph)
 	h.Statuses = slices.Clone(ph.Statuses)
@@ -202,7 +202,7 @@ func newPassiveHealth(ph *PassiveHealth) (*passiveHealth, error) {
 	if h.MaxEjectedPercent == 0 {
 		h.MaxEjectedPercent = defaultMaxEjectedPercent
 	}
-	return &h, errors.Join(errs...)
+	return &h, nil
 }
 
 // upstreamHealth is what passive health and active checks know of an
@@ -238,10 +238,15 @@ func (p *pool) failed(u *Upstream, err error) {
 	defer p.mu.Unlock()
 	h := &u.health
 	h.lastErr = err
+	now := time.Now()
+	if h.ejected(now) {
+		// Failing open: what an ejected upstream does then must not
+		// count against it once it is re-admitted.
+		return
+	}
 	n := h.fails.Add(1)
 	ph := p.passive
-	now := time.Now()
-	if ph == nil || int(n) < ph.Failures || h.ejected(now) {
+	if ph == nil || int(n) < ph.Failures {
 		return
 	}
 	set := p.set.Load()

@@ -735,3 +735,32 @@ func TestSlowStartAfterReadmission(t *testing.T) {
 	got := tally(sequence(t, front.Client(), front.URL, 200), 2)
 	assert.Less(t, got[1], 40, "re-admitted, upstream 1 warms up instead of taking half: %v", got)
 }
+
+// TestFailuresWhileEjectedDoNotCount: the requests an ejected upstream gets
+// while the pool fails open do not count against it once it is back.
+func TestFailuresWhileEjectedDoNotCount(t *testing.T) {
+	var failing atomic.Bool
+	failing.Store(true)
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})
+	const ejection = 100 * time.Millisecond
+	p := newProxy(t, up.URL, tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: 2, Statuses: []int{503}, Ejection: ejection}))
+	front := serve(t, p, false)
+	for range 2 {
+		get(t, front.Client(), front.URL)
+	}
+	require.False(t, p.Upstreams()[0].Healthy, "two failures eject it")
+	for range 5 {
+		res, _ := get(t, front.Client(), front.URL) // failing open
+		require.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
+	}
+	assert.Zero(t, p.Upstreams()[0].Failures, "failures while ejected are not counted")
+	require.Eventually(t, func() bool { return p.Upstreams()[0].Healthy }, waitTimeout, time.Millisecond)
+	get(t, front.Client(), front.URL)
+	s := p.Upstreams()[0]
+	assert.True(t, s.Healthy, "one failure after re-admission does not eject it again")
+	assert.Equal(t, 1, s.Failures)
+}

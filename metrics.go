@@ -383,9 +383,10 @@ func (m *meters) record(ctx context.Context, st *exchangeState) {
 
 // recordAttempt records the upstream leg of one attempt, sent as out, that
 // ended at end with the given kind; ttfb is when its headers arrived,
-// measured from the exchange's start, zero if they did not.
+// measured from the exchange's start, zero if they did not or are not to
+// be recorded.
 func (m *meters) recordAttempt(ctx context.Context, out *http.Request, sm *exchangeMetrics, kind errKind, end time.Time, ttfb time.Duration) {
-	cd, th := m.clientDuration.Enabled(ctx), m.timeToHeaders.Enabled(ctx) && sm.upStatus != 0
+	cd, th := m.clientDuration.Enabled(ctx), m.timeToHeaders.Enabled(ctx) && sm.upStatus != 0 && ttfb > 0
 	if !cd && !th {
 		return
 	}

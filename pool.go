@@ -118,7 +118,6 @@ type pool struct {
 	passive   *passiveHealth // nil: off
 	checker   *healthChecker // nil: no active checks
 	metrics   *meters
-	balanced  bool          // from NewBalanced: targets are validated as a pool's
 	slowStart time.Duration // 0: none (see WithSlowStart)
 }
 
@@ -317,6 +316,7 @@ type routeState struct {
 	attempts int
 	tried    []*Upstream
 	triedBuf [4]*Upstream // tried's storage for the usual few attempts
+	leftBuf  [8]*Upstream // the candidates of a retry, for pools of up to 8
 	retrying bool         // holds a slot of the retry budget
 	hostSet  bool         // a director set Out.Host: it stays on retries
 	informed bool         // a 1xx response went to the client: no retry
@@ -345,19 +345,14 @@ func (p *pool) pick(rs *routeState, r *http.Request) *Upstream {
 	case len(s.all) == 1:
 		u = s.all[0] // a single upstream takes its own retries
 	default:
-		c := s.healthy
-		if len(c) == 0 {
-			c = s.all
-		}
-		var buf [8]*Upstream
-		left := buf[:0]
-		for _, u := range c {
-			if !slices.Contains(rs.tried, u) {
-				left = append(left, u)
-			}
+		// The healthy upstreams not tried yet, or else any not tried yet:
+		// the request stops only once it has tried them all.
+		left := untried(rs.leftBuf[:0], s.healthy, rs.tried)
+		if len(left) == 0 {
+			left = untried(rs.leftBuf[:0], s.all, rs.tried)
 		}
 		if len(left) == 0 {
-			return nil // every upstream has been tried
+			return nil
 		}
 		u = p.choose(r, left)
 	}
@@ -370,6 +365,16 @@ func (p *pool) pick(rs *routeState, r *http.Request) *Upstream {
 	u.inFlight.Add(1)
 	p.metrics.clientActive(r.Context(), u, 1)
 	return u
+}
+
+// untried appends to dst the upstreams of c that are not in tried.
+func untried(dst, c, tried []*Upstream) []*Upstream {
+	for _, u := range c {
+		if !slices.Contains(tried, u) {
+			dst = append(dst, u)
+		}
+	}
+	return dst
 }
 
 func (p *pool) choose(r *http.Request, c []*Upstream) *Upstream {

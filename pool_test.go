@@ -547,6 +547,7 @@ func TestBadInput(t *testing.T) {
 		{name: "Timeout above the default Interval", opts: []tapproxy.Option{tapproxy.WithHealthCheck(tapproxy.HealthCheck{Path: "/h", Timeout: time.Minute})}, want: []string{"must be below Interval"}},
 		{name: "negative Ejection", opts: []tapproxy.Option{tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Ejection: -time.Second})}, want: []string{"negative duration"}},
 		{name: "negative MaxEjection", opts: []tapproxy.Option{tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{MaxEjection: -time.Second})}, want: []string{"negative duration"}},
+		{name: "bad fields of a passive health turned off", opts: []tapproxy.Option{tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: -1, Ejection: -time.Second, MaxEjectedPercent: 200})}, want: []string{"negative duration", "outside [0, 100]"}},
 		{name: "negative MaxEjectedPercent", opts: []tapproxy.Option{tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{MaxEjectedPercent: -1})}, want: []string{"MaxEjectedPercent -1"}},
 		{name: "MaxEjectedPercent above 100", opts: []tapproxy.Option{tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{MaxEjectedPercent: 101})}, want: []string{"MaxEjectedPercent 101"}},
 		{

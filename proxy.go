@@ -154,7 +154,7 @@ func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*P
 		return nil, err
 	}
 
-	pl := &pool{balancer: c.balancer, passive: passive, checker: checks, metrics: m, balanced: balanced, slowStart: c.slowStart}
+	pl := &pool{balancer: c.balancer, passive: passive, checker: checks, metrics: m, slowStart: c.slowStart}
 	ups := make([]*Upstream, len(targets))
 	for i, t := range targets {
 		w := 1
@@ -279,9 +279,15 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 		}
 		st.req.buf.limit, st.req.buf.pool, st.req.buf.budget = p.reqCapture, &p.reqCaptures, p.budget
 		pr.Out.Body = st.req
-		if p.retry != nil {
-			// Under the attempts, the tee reads each byte once.
-			st.replay = newReplayBody(st.req, pr.Out.ContentLength, p.retry.bodyLimit)
+		if rp := p.retry; rp != nil && !(rp.dialOnly && len(st.route.set.all) == 1) {
+			// Under the attempts, the tee reads each byte once. Retries
+			// of failed dials only ever resend an unread body: it need
+			// not be kept.
+			limit := rp.bodyLimit
+			if rp.dialOnly {
+				limit = -1
+			}
+			st.replay = newReplayBody(st.req, pr.Out.ContentLength, limit)
 			pr.Out.Body, pr.Out.GetBody = st.replay.reader(), st.replay.getBody
 		}
 	}

@@ -53,7 +53,7 @@ type Retry struct {
 //   - a failed dial, for any request, since nothing was sent;
 //   - a reset, a timeout or a status listed in [Retry.Statuses], only for a
 //     request that is idempotent (GET, HEAD, OPTIONS, TRACE, PUT, DELETE, or
-//     with an Idempotency-Key header) and whose body, if it has one, can be
+//     with an Idempotency-Key or X-Idempotency-Key header) and whose body, if it has one, can be
 //     sent again byte for byte (see [Retry.BodyLimit]).
 //
 // A client that leaves is never retried. Observers see one exchange per
@@ -152,6 +152,7 @@ func idempotent(req *http.Request) bool {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
 		return true
 	}
+	// X-Idempotency-Key too, as Go's transport accepts it.
 	return req.Header["Idempotency-Key"] != nil || req.Header["X-Idempotency-Key"] != nil
 }
 
@@ -299,7 +300,10 @@ func (t *roundTripper) endAttempt(st *exchangeState, u *Upstream, req *http.Requ
 		rs.cancelTry(nil)
 		rs.cancelTry = nil
 	}
-	t.pool.metrics.recordAttempt(req.Context(), req, &st.metrics, kind, time.Now(), st.ex.TimeToHeaders)
+	// Its time to headers is left out: measured from the exchange's start,
+	// as tapproxy.upstream.time_to_headers is, it would hold the attempts
+	// before it.
+	t.pool.metrics.recordAttempt(req.Context(), req, &st.metrics, kind, time.Now(), 0)
 	t.pool.done(u, st.metrics.in)
 }
 
@@ -326,20 +330,29 @@ func (t *roundTripper) retarget(st *exchangeState, ctx context.Context, req *htt
 // source once: the tee below it counts and captures each byte once, however
 // many attempts there are, and the transport's silent re-sends of a request
 // on a stale connection (through GetBody) count for nothing.
+//
+// Reading the source may wait for the client, for as long as it likes (a
+// full-duplex stream sends its body as the answers come), so it happens
+// under srcMu alone: mu, which the retry decision takes, is never held
+// while waiting.
 type replayBody struct {
-	mu    sync.Mutex
+	srcMu sync.Mutex // one reader of src at a time
 	src   io.Reader
 	limit int64
-	buf   []byte
-	read  int64 // bytes read from src
-	over  bool  // src gave more than limit: what was sent cannot be sent again
-	done  error // src's final error, io.EOF at its end
-	gen   int   // the attempt whose reader may read; older readers fail
+
+	mu   sync.Mutex // guards what follows
+	buf  []byte
+	read int64 // bytes read from src
+	over bool  // src gave more than limit: what was sent cannot be sent again
+	done error // src's final error, io.EOF at its end
+	gen  int   // the attempt whose reader may read; older readers fail
 }
 
+// newReplayBody keeps up to limit bytes of src for replay; a body declared
+// longer than that is never kept, it streams, and neither is one whose
+// limit is negative.
 func newReplayBody(src io.Reader, length, limit int64) *replayBody {
-	// A body declared longer than the limit is never kept: it streams.
-	return &replayBody{src: src, limit: limit, over: length > limit}
+	return &replayBody{src: src, limit: limit, over: limit < 0 || length > limit}
 }
 
 // unread reports whether nothing has been read of the body yet.
@@ -385,6 +398,49 @@ type replayReader struct {
 
 func (r *replayReader) Read(p []byte) (int, error) {
 	b := r.b
+	for {
+		if n, err := r.fromKept(p); err != errReadSource {
+			return n, err
+		}
+		b.srcMu.Lock()
+		// Another reader may have read from src while this one waited.
+		if _, err := r.fromKept(nil); err != errReadSource {
+			b.srcMu.Unlock()
+			continue
+		}
+		n, err := b.src.Read(p)
+		b.mu.Lock()
+		b.read += int64(n)
+		if !b.over && n > 0 {
+			if int64(len(b.buf)+n) > b.limit {
+				b.over, b.buf = true, nil
+			} else {
+				b.buf = append(b.buf, p[:n]...)
+			}
+		}
+		if err != nil {
+			b.done = err
+		}
+		stale := r.gen != b.gen
+		if !stale {
+			r.off += int64(n)
+		}
+		b.mu.Unlock()
+		b.srcMu.Unlock()
+		if stale {
+			// Kept, if it fits, for the attempt that replaced this one.
+			return 0, errStaleAttempt
+		}
+		return n, err
+	}
+}
+
+// errReadSource says that a read must go to the source.
+var errReadSource = errors.New("read the source")
+
+// fromKept answers a read from what is kept, or says errReadSource.
+func (r *replayReader) fromKept(p []byte) (int, error) {
+	b := r.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {
@@ -399,20 +455,7 @@ func (r *replayReader) Read(p []byte) (int, error) {
 	case b.done != nil:
 		return 0, b.done
 	}
-	n, err := b.src.Read(p)
-	b.read += int64(n)
-	r.off += int64(n)
-	if !b.over && n > 0 {
-		if int64(len(b.buf)+n) > b.limit {
-			b.over, b.buf = true, nil
-		} else {
-			b.buf = append(b.buf, p[:n]...)
-		}
-	}
-	if err != nil {
-		b.done = err
-	}
-	return n, err
+	return 0, errReadSource
 }
 
 func (r *replayReader) Close() error { return nil }

@@ -1027,3 +1027,85 @@ func TestExchangeDescribesTheFinalResponse(t *testing.T) {
 	assert.NoError(t, o.Err)
 	assert.Equal(t, 1, closeAndCount(t, front, rec))
 }
+
+// TestFullDuplexBodyIsNotHeldBack: a client that sends part of its body and
+// waits for the answer, as a bidirectional stream does, gets the response
+// headers while the body is still open, retries on or off.
+func TestFullDuplexBodyIsNotHeldBack(t *testing.T) {
+	f := newFleet(t, 2, func(i int, w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		require.NoError(t, rc.EnableFullDuplex())
+		w.WriteHeader(http.StatusOK)
+		rc.Flush()
+		// Echo each message as it comes, until the client ends the body.
+		buf := make([]byte, 64)
+		for {
+			n, err := r.Body.Read(buf)
+			w.Write(buf[:n])
+			rc.Flush()
+			if err != nil {
+				return
+			}
+		}
+	})
+	tests := []struct {
+		name string
+		new  func(t *testing.T) http.Handler
+	}{
+		{"New", func(t *testing.T) http.Handler { return newProxy(t, f.srvs[0].URL) }},
+		{"New with WithRetry", func(t *testing.T) http.Handler {
+			return newProxy(t, f.srvs[0].URL, tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}}))
+		}},
+		{"NewBalanced", func(t *testing.T) http.Handler { return newBalanced(t, f.urls(t)) }},
+		{"NewBalanced with WithRetry", func(t *testing.T) http.Handler {
+			return newBalanced(t, f.urls(t), tapproxy.WithRetry(tapproxy.Retry{Statuses: []int{503}}))
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			front := serve(t, tt.new(t), true) // HTTP/2: the body and the answer flow at once
+			pr, pw := io.Pipe()
+			defer pw.Close()
+			req, err := http.NewRequest(http.MethodPost, front.URL+"/stream", pr)
+			require.NoError(t, err)
+			go pw.Write([]byte("ping"))
+			res, err := front.Client().Do(req) // returns with the headers
+			require.NoError(t, err)
+			defer res.Body.Close()
+			require.Equal(t, http.StatusOK, res.StatusCode)
+			got := make([]byte, len("ping"))
+			_, err = io.ReadFull(res.Body, got)
+			require.NoError(t, err)
+			assert.Equal(t, "ping", string(got), "the upstream answered the first message")
+			pw.Close()
+			rest, err := io.ReadAll(res.Body)
+			require.NoError(t, err)
+			assert.Empty(t, rest)
+		})
+	}
+}
+
+// TestRetryTriesUnhealthyUpstreamsLast: once the healthy upstreams have all
+// been tried, a retry goes to one that is down rather than giving up.
+func TestRetryTriesUnhealthyUpstreamsLast(t *testing.T) {
+	f := newFleet(t, 3, func(i int, w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/healthz" && i == 2:
+			w.WriteHeader(http.StatusInternalServerError) // down, by its checks
+		case r.URL.Path == "/healthz":
+		case i < 2:
+			panic(http.ErrAbortHandler) // a reset
+		default:
+			io.WriteString(w, strconv.Itoa(i))
+		}
+	})
+	p := newBalanced(t, f.urls(t),
+		tapproxy.WithHealthCheck(tapproxy.HealthCheck{Path: "/healthz", Fails: 1, Interval: time.Hour}),
+		tapproxy.WithPassiveHealth(tapproxy.PassiveHealth{Failures: -1}),
+		tapproxy.WithRetry(tapproxy.Retry{Attempts: 3}))
+	require.Eventually(t, func() bool { return p.Upstreams()[2].Down }, waitTimeout, time.Millisecond)
+	front := serve(t, p, false)
+	i, code := which(t, front.Client(), front.URL+"/x")
+	assert.Equal(t, http.StatusOK, code)
+	assert.Equal(t, 2, i, "the third attempt went to the upstream that is down, the only one left")
+}
