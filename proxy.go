@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -28,15 +27,10 @@ type Proxy struct {
 	retry           *retryPolicy // nil: one attempt per request
 	directors       []Director
 	observers       []ResponseObserver
-	captureLimit    int
-	reqCapture      int
 	errorHandler    func(http.ResponseWriter, *http.Request, error)
 	modifyResponse  func(*http.Response) error
 	logger          *slog.Logger
-	captures        capturePool
-	reqCaptures     capturePool
-	budget          *captureBudget // always set: it counts what captures hold
-	policy          func(*http.Response) int64
+	capture         *captureSettings
 	gauges          []metric.Registration // the gauges' callbacks
 	stopGauges      sync.Once
 	decoders        map[string]Decoder
@@ -109,20 +103,13 @@ func NewBalanced(targets []*url.URL, opts ...Option) (*Proxy, error) {
 func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*Proxy, error) {
 	balanced := weights != nil
 	errs := []error{targetErr}
-	if c.captureLimit < 0 {
-		errs = append(errs, fmt.Errorf("tapproxy: capture limit %d is negative", c.captureLimit))
-	}
+	capture, err := newCaptureSettings(c)
+	errs = append(errs, err)
 	if c.decodeLimit < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: decode limit %d is negative", c.decodeLimit))
 	}
 	if c.async && (c.asyncWorkers < 1 || c.asyncQueue < 0) {
 		errs = append(errs, fmt.Errorf("tapproxy: asynchronous observers need workers > 0 and a queue size >= 0, got %d and %d", c.asyncWorkers, c.asyncQueue))
-	}
-	if c.reqCapture < 0 {
-		errs = append(errs, fmt.Errorf("tapproxy: request capture limit %d is negative", c.reqCapture))
-	}
-	if c.captureBudget < 0 {
-		errs = append(errs, fmt.Errorf("tapproxy: capture budget %d is negative", c.captureBudget))
 	}
 	retry, err := newRetryPolicy(c.retry, balanced)
 	errs = append(errs, err)
@@ -165,6 +152,7 @@ func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*P
 	}
 	pl.store(ups, time.Now())
 	p := &Proxy{
+		capture:         capture,
 		pool:            pl,
 		retry:           retry,
 		directors:       c.directors,
@@ -181,24 +169,16 @@ func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*P
 		escapedSlashes:  c.escapedSlashes,
 		bodyLimit:       c.bodyLimit,
 	}
-	p.budget = newCaptureBudget(c.captureBudget)
-	if readsBodies(c.observers) {
-		// Without observers that read them nobody reads the captures, so
-		// take none; bodies are still counted.
-		p.captureLimit = int(min(c.captureLimit, math.MaxInt32))
-		p.reqCapture = int(min(c.reqCapture, math.MaxInt32))
-		p.policy = c.capturePolicy
-	}
-	capture, err := p.budget.register(c.meterProvider)
+	held, err := capture.budget.register(c.meterProvider)
 	if err != nil {
 		return nil, fmt.Errorf("tapproxy: creating instruments: %w", err)
 	}
 	health, err := m.observeHealth(pl)
 	if err != nil {
-		_ = capture.Unregister()
+		_ = held.Unregister()
 		return nil, fmt.Errorf("tapproxy: registering the upstream health gauge: %w", err)
 	}
-	p.gauges = []metric.Registration{capture, health}
+	p.gauges = []metric.Registration{held, health}
 	if c.async && len(c.observers) > 0 {
 		p.async = newDispatcher(p, c.asyncWorkers, c.asyncQueue)
 	}
@@ -230,7 +210,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if p.retry != nil {
 		p.retry.active.Add(1)
 	}
-	st.resp.limit, st.resp.pool, st.resp.budget = p.captureLimit, &p.captures, p.budget
+	st.resp = p.capture.response()
 	st.w = w
 	// Normalise the path first, so that routing, directors, metrics and
 	// observers all see the path that results.
@@ -277,7 +257,7 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 		if pr.Out.ContentLength > 0 {
 			st.req.left = pr.Out.ContentLength
 		}
-		st.req.buf.limit, st.req.buf.pool, st.req.buf.budget = p.reqCapture, &p.reqCaptures, p.budget
+		st.req.buf = p.capture.request()
 		pr.Out.Body = st.req
 		if p.retry != nil {
 			// Under the attempts, the tee reads each byte once.
@@ -308,8 +288,8 @@ func (p *Proxy) onResponse(res *http.Response) error {
 		st.ex.Upgraded = true
 		return nil
 	}
-	if p.policy != nil {
-		st.resp.limit = p.captureLimitFor(res.Request.Context(), res)
+	if p.capture.policy != nil {
+		st.resp.limit = p.capture.limitFor(res.Request.Context(), res, p.logger)
 	}
 	st.body = responseTee{rc: res.Body, st: st, length: res.ContentLength}
 	res.Body = &st.body
