@@ -22,26 +22,24 @@ import (
 // arrives, while a size-capped copy of its body is taken for the
 // observers. It is safe for concurrent use.
 type Proxy struct {
-	rp              httputil.ReverseProxy
-	pool            *pool
-	retry           *retryPolicy // nil: one attempt per request
-	directors       []Director
-	observers       []ResponseObserver
-	errorHandler    func(http.ResponseWriter, *http.Request, error)
-	modifyResponse  func(*http.Response) error
-	logger          *slog.Logger
-	capture         *captureSettings
-	gauges          []metric.Registration // the gauges' callbacks
-	stopGauges      sync.Once
-	decoders        map[string]Decoder
-	decodeLimit     int64
-	showCredentials bool
-	metrics         *meters
-	transport       http.RoundTripper
-	async           *dispatcher // nil: observers run on the request's goroutine
-	normalize       bool        // resolve dot-segments in request paths
-	escapedSlashes  EscapedSlashAction
-	bodyLimit       int64 // 0: none
+	rp             httputil.ReverseProxy
+	pool           *pool
+	retry          *retryPolicy // nil: one attempt per request
+	directors      []Director
+	observers      []ResponseObserver
+	errorHandler   func(http.ResponseWriter, *http.Request, error)
+	modifyResponse func(*http.Response) error
+	logger         *slog.Logger
+	capture        *captureSettings
+	gauges         []metric.Registration // the gauges' callbacks
+	stopGauges     sync.Once
+	view           viewSettings
+	metrics        *meters
+	transport      http.RoundTripper
+	async          *dispatcher // nil: observers run on the request's goroutine
+	normalize      bool        // resolve dot-segments in request paths
+	escapedSlashes EscapedSlashAction
+	bodyLimit      int64 // 0: none
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -105,9 +103,8 @@ func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*P
 	errs := []error{targetErr}
 	capture, err := newCaptureSettings(c)
 	errs = append(errs, err)
-	if c.decodeLimit < 0 {
-		errs = append(errs, fmt.Errorf("tapproxy: decode limit %d is negative", c.decodeLimit))
-	}
+	view, err := newViewSettings(c)
+	errs = append(errs, err)
 	if c.async && (c.asyncWorkers < 1 || c.asyncQueue < 0) {
 		errs = append(errs, fmt.Errorf("tapproxy: asynchronous observers need workers > 0 and a queue size >= 0, got %d and %d", c.asyncWorkers, c.asyncQueue))
 	}
@@ -152,22 +149,20 @@ func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*P
 	}
 	pl.store(ups, time.Now())
 	p := &Proxy{
-		capture:         capture,
-		pool:            pl,
-		retry:           retry,
-		directors:       c.directors,
-		observers:       c.observers,
-		errorHandler:    c.errorHandler,
-		modifyResponse:  c.modifyResponse,
-		logger:          c.logger,
-		decoders:        c.decoders,
-		decodeLimit:     c.decodeLimit,
-		showCredentials: c.showCredentials,
-		metrics:         m,
-		transport:       c.transport,
-		normalize:       !c.rawPaths,
-		escapedSlashes:  c.escapedSlashes,
-		bodyLimit:       c.bodyLimit,
+		capture:        capture,
+		pool:           pl,
+		retry:          retry,
+		directors:      c.directors,
+		observers:      c.observers,
+		errorHandler:   c.errorHandler,
+		modifyResponse: c.modifyResponse,
+		logger:         c.logger,
+		view:           view,
+		metrics:        m,
+		transport:      c.transport,
+		normalize:      !c.rawPaths,
+		escapedSlashes: c.escapedSlashes,
+		bodyLimit:      c.bodyLimit,
 	}
 	held, err := capture.budget.register(c.meterProvider)
 	if err != nil {
@@ -384,10 +379,7 @@ func (p *Proxy) finish(ctx context.Context, st *exchangeState) {
 		st.release()
 		return
 	}
-	if !p.showCredentials {
-		redactCredentials(ex)
-	}
-	ex.decoders, ex.decodeLimit = p.decoders, p.decodeLimit
+	p.view.prepare(ex)
 	st.octx, st.rctx = context.WithoutCancel(ctx), ctx
 	if p.async != nil && p.async.dispatch(p, st) {
 		return
