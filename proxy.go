@@ -37,9 +37,7 @@ type Proxy struct {
 	metrics        *meters
 	transport      http.RoundTripper
 	async          *dispatcher // nil: observers run on the request's goroutine
-	normalize      bool        // resolve dot-segments in request paths
-	escapedSlashes EscapedSlashAction
-	bodyLimit      int64 // 0: none
+	screen         requestScreen
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -121,14 +119,10 @@ func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*P
 		errs = append(errs, err)
 		checks = &healthChecker{hc: hc, ref: ref, rt: c.transport, stops: make(map[*Upstream]context.CancelFunc)}
 	}
-	if c.escapedSlashes < KeepEscaped || c.escapedSlashes > UnescapeAndRedirect {
-		errs = append(errs, fmt.Errorf("tapproxy: unknown escaped-slash action %d", c.escapedSlashes))
-	}
+	screen, err := newRequestScreen(c)
+	errs = append(errs, err)
 	if c.slowStart < 0 {
 		errs = append(errs, fmt.Errorf("tapproxy: slow start %v is negative", c.slowStart))
-	}
-	if c.bodyLimit < 0 {
-		errs = append(errs, fmt.Errorf("tapproxy: request body limit %d is negative", c.bodyLimit))
 	}
 	m, err := newMeters(c)
 	if err != nil {
@@ -160,9 +154,7 @@ func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*P
 		view:           view,
 		metrics:        m,
 		transport:      c.transport,
-		normalize:      !c.rawPaths,
-		escapedSlashes: c.escapedSlashes,
-		bodyLimit:      c.bodyLimit,
+		screen:         screen,
 	}
 	held, err := capture.budget.register(c.meterProvider)
 	if err != nil {
@@ -209,7 +201,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.w = w
 	// Normalise the path first, so that routing, directors, metrics and
 	// observers all see the path that results.
-	r, refused := p.screen(r)
+	r, refused := p.screen.requestLine(r)
 	p.metrics.begin(r.Context(), st, r)
 	ctx := contextWithState(r.Context(), st)
 	// finish is deferred so that it also runs when ReverseProxy aborts the
@@ -219,7 +211,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(ctx)
 	if refused == nil {
 		var done func()
-		r, done, refused = p.limitBody(w, r, st)
+		r, done, refused = p.screen.body(w, r, st)
 		defer done()
 	}
 	switch {
