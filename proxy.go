@@ -10,10 +10,7 @@ import (
 	"net/url"
 	"runtime/debug"
 	"slices"
-	"sync"
 	"time"
-
-	"go.opentelemetry.io/otel/metric"
 )
 
 // Proxy is an observing reverse proxy to one target, from [New], or to a
@@ -22,22 +19,23 @@ import (
 // arrives, while a size-capped copy of its body is taken for the
 // observers. It is safe for concurrent use.
 type Proxy struct {
-	rp             httputil.ReverseProxy
-	pool           *pool
-	retry          *retryPolicy // nil: one attempt per request
-	directors      []Director
-	observers      []ResponseObserver
-	errorHandler   func(http.ResponseWriter, *http.Request, error)
+	// The collaborators, in the order a request meets them.
+	screen    requestScreen         // checks the request line and body size
+	pool      *pool                 // picks the upstream; membership and health
+	directors []Director            // rewrite the outbound request
+	retry     *retryPolicy          // nil: one attempt per request
+	transport http.RoundTripper     // sends each attempt
+	rp        httputil.ReverseProxy // relays, calling the hooks below
+	capture   *captureSettings      // what the tees keep of each body
+	observers []ResponseObserver
+	view      viewSettings // what observers see of the exchange
+	async     *dispatcher  // nil: observers run on the request's goroutine
+	metrics   *meters
+
+	// The caller's hooks and logger.
 	modifyResponse func(*http.Response) error
+	errorHandler   func(http.ResponseWriter, *http.Request, error)
 	logger         *slog.Logger
-	capture        *captureSettings
-	gauges         []metric.Registration // the gauges' callbacks
-	stopGauges     sync.Once
-	view           viewSettings
-	metrics        *meters
-	transport      http.RoundTripper
-	async          *dispatcher // nil: observers run on the request's goroutine
-	screen         requestScreen
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -97,82 +95,43 @@ func NewBalanced(targets []*url.URL, opts ...Option) (*Proxy, error) {
 // New, and otherwise holds one weight per target; targetErr says what is
 // wrong with the targets.
 func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*Proxy, error) {
-	balanced := weights != nil
-	errs := []error{targetErr}
-	capture, err := newCaptureSettings(c)
-	errs = append(errs, err)
-	view, err := newViewSettings(c)
-	errs = append(errs, err)
-	if c.async && (c.asyncWorkers < 1 || c.asyncQueue < 0) {
-		errs = append(errs, fmt.Errorf("tapproxy: asynchronous observers need workers > 0 and a queue size >= 0, got %d and %d", c.asyncWorkers, c.asyncQueue))
-	}
-	retry, err := newRetryPolicy(c.retry, balanced)
-	errs = append(errs, err)
-	var passive *passiveHealth
-	if balanced || c.passiveHealth != nil {
-		passive, err = newPassiveHealth(c.passiveHealth)
-		errs = append(errs, err)
-	}
-	var checks *healthChecker
-	if c.healthCheck != nil {
-		hc, ref, err := c.healthCheck.withDefaults()
-		errs = append(errs, err)
-		checks = &healthChecker{hc: hc, ref: ref, rt: c.transport, stops: make(map[*Upstream]context.CancelFunc)}
-	}
-	screen, err := newRequestScreen(c)
-	errs = append(errs, err)
-	if c.slowStart < 0 {
-		errs = append(errs, fmt.Errorf("tapproxy: slow start %v is negative", c.slowStart))
-	}
+	// Each collaborator checks its own options; their errors are joined
+	// in this order.
+	capture, captureErr := newCaptureSettings(c)
+	view, viewErr := newViewSettings(c)
+	retry, retryErr := newRetryPolicy(c.retry, weights != nil)
+	pl, poolErr := newPool(c, weights != nil)
+	screen, screenErr := newRequestScreen(c)
 	m, err := newMeters(c)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("tapproxy: creating instruments: %w", err))
+		err = fmt.Errorf("tapproxy: creating instruments: %w", err)
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := errors.Join(targetErr, captureErr, viewErr, checkAsync(c), retryErr, poolErr, screenErr, err); err != nil {
 		return nil, err
 	}
 
-	pl := &pool{balancer: c.balancer, passive: passive, checker: checks, metrics: m, balanced: balanced, slowStart: c.slowStart}
-	ups := make([]*Upstream, len(targets))
-	for i, t := range targets {
-		w := 1
-		if balanced && weights[i] > 0 {
-			w = weights[i]
-		}
-		ups[i] = pl.newUpstream(t, w)
-	}
-	pl.store(ups, time.Now())
+	pl.fill(targets, weights, m)
 	p := &Proxy{
-		capture:        capture,
+		screen:         screen,
 		pool:           pl,
-		retry:          retry,
 		directors:      c.directors,
+		retry:          retry,
+		transport:      c.transport,
+		capture:        capture,
 		observers:      c.observers,
-		errorHandler:   c.errorHandler,
-		modifyResponse: c.modifyResponse,
-		logger:         c.logger,
 		view:           view,
 		metrics:        m,
-		transport:      c.transport,
-		screen:         screen,
+		modifyResponse: c.modifyResponse,
+		errorHandler:   c.errorHandler,
+		logger:         c.logger,
 	}
-	held, err := capture.budget.register(c.meterProvider)
-	if err != nil {
-		return nil, fmt.Errorf("tapproxy: creating instruments: %w", err)
+	if err := m.registerGauges(c.meterProvider, &capture.budget, pl); err != nil {
+		return nil, err
 	}
-	health, err := m.observeHealth(pl)
-	if err != nil {
-		_ = held.Unregister()
-		return nil, fmt.Errorf("tapproxy: registering the upstream health gauge: %w", err)
-	}
-	p.gauges = []metric.Registration{held, health}
 	if c.async && len(c.observers) > 0 {
 		p.async = newDispatcher(p, c.asyncWorkers, c.asyncQueue)
 	}
-	if checks != nil {
-		checks.pool = pl
-		checks.sync(ups)
-	}
+	pl.startChecks()
 	p.rp = httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
 		Transport:      &roundTripper{rt: c.transport, pool: pl, retry: retry},
