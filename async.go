@@ -55,7 +55,7 @@ func (d *dispatcher) dispatch(p *Proxy, st *exchangeState) bool {
 	select {
 	case d.queue <- st:
 	default:
-		p.metrics.dropped(st.rctx)
+		p.metrics.dropped(st.obs.rctx)
 		st.release()
 	}
 	return true

@@ -35,9 +35,9 @@ func (s *requestScreen) body(w http.ResponseWriter, r *http.Request, st *exchang
 	ctx, cancel := context.WithCancelCause(r.Context())
 	// http.MaxBytesReader also tells the server to close the connection
 	// after the response rather than read the rest of the body.
-	st.limit = &limitedBody{rc: http.MaxBytesReader(w, r.Body, s.bodyLimit), cancel: cancel}
+	st.reqBody.limit = &limitedBody{rc: http.MaxBytesReader(w, r.Body, s.bodyLimit), cancel: cancel}
 	r = r.WithContext(ctx)
-	r.Body = st.limit
+	r.Body = st.reqBody.limit
 	return r, func() { cancel(nil) }, nil
 }
 

@@ -334,8 +334,8 @@ func (m *meters) record(ctx context.Context, st *exchangeState) {
 	}
 	// Only a capture that is on can be truncated: with a limit of zero,
 	// every body is "truncated", by choice.
-	resTrunc := ex.Truncated && st.resp.limit > 0
-	reqTrunc := ex.RequestTruncated && st.req != nil && st.req.buf.limit > 0
+	resTrunc := ex.Truncated && st.resBody.buf.limit > 0
+	reqTrunc := ex.RequestTruncated && st.reqBody.tee != nil && st.reqBody.tee.buf.limit > 0
 	if (resTrunc || reqTrunc) && m.captureTrunc.Enabled(ctx) {
 		if resTrunc {
 			m.captureTrunc.Add(ctx, 1, m.responseCapture...)

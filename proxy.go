@@ -156,7 +156,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if p.retry != nil {
 		p.retry.active.Add(1)
 	}
-	st.resp = p.capture.response()
+	st.resBody.buf = p.capture.response()
 	st.w = w
 	// Normalise the path first, so that routing, directors, metrics and
 	// observers all see the path that results.
@@ -199,16 +199,16 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	st.route.hostSet = pr.Out.Host != ""
 	// Wrap the body last, so that what is counted is what goes upstream.
 	if pr.Out.Body != nil {
-		st.req = &requestTee{rc: pr.Out.Body, left: -1}
+		st.reqBody.tee = &requestTee{rc: pr.Out.Body, left: -1}
 		if pr.Out.ContentLength > 0 {
-			st.req.left = pr.Out.ContentLength
+			st.reqBody.tee.left = pr.Out.ContentLength
 		}
-		st.req.buf = p.capture.request()
-		pr.Out.Body = st.req
+		st.reqBody.tee.buf = p.capture.request()
+		pr.Out.Body = st.reqBody.tee
 		if p.retry != nil {
 			// Under the attempts, the tee reads each byte once.
-			st.replay = newReplayBody(st.req, pr.Out.ContentLength, p.retry.bodyLimit)
-			pr.Out.Body, pr.Out.GetBody = st.replay.reader(), st.replay.getBody
+			st.reqBody.replay = newReplayBody(st.reqBody.tee, pr.Out.ContentLength, p.retry.bodyLimit)
+			pr.Out.Body, pr.Out.GetBody = st.reqBody.replay.reader(), st.reqBody.replay.getBody
 		}
 	}
 }
@@ -235,17 +235,17 @@ func (p *Proxy) onResponse(res *http.Response) error {
 		return nil
 	}
 	if p.capture.policy != nil {
-		st.resp.limit = p.capture.limitFor(res.Request.Context(), res, p.logger)
+		st.resBody.buf.limit = p.capture.limitFor(res.Request.Context(), res, p.logger)
 	}
-	st.body = responseTee{rc: res.Body, st: st, length: res.ContentLength}
-	res.Body = &st.body
+	st.resBody.tee = responseTee{rc: res.Body, st: st, length: res.ContentLength}
+	res.Body = &st.resBody.tee
 	return nil
 }
 
 // onError is the ReverseProxy's ErrorHandler.
 func (p *Proxy) onError(w http.ResponseWriter, r *http.Request, err error) {
 	st := stateFrom(r.Context())
-	if st.limit.exceeded() != nil {
+	if st.reqBody.limit.exceeded() != nil {
 		// The body grew past the limit before a response started.
 		p.answer(w, r, st, answerTooLarge)
 		return
@@ -292,7 +292,7 @@ var errWriteFailed = errors.New("tapproxy: write to client failed")
 
 // finish settles the exchange and calls the observers.
 func (p *Proxy) finish(ctx context.Context, st *exchangeState) {
-	ex, tee := &st.ex, &st.body
+	ex, tee := &st.ex, &st.resBody.tee
 	// ReverseProxy returns, or fails with a read error, only after writing
 	// what it read last; when it fails without one, the write failed, but
 	// over HTTP/2 its bytes may have gone out all the same.
@@ -312,16 +312,16 @@ func (p *Proxy) finish(ctx context.Context, st *exchangeState) {
 	ex.Duration = time.Since(ex.Start)
 	ex.Err = endErr(ctx, st)
 	p.settleRoute(st)
-	if body := st.resp.bytes(); int64(len(body)) > ex.BodyBytes {
+	if body := st.resBody.buf.bytes(); int64(len(body)) > ex.BodyBytes {
 		ex.body = body[:ex.BodyBytes]
 	} else {
 		ex.body = body
 	}
 	ex.Truncated = int64(len(ex.body)) < ex.BodyBytes
-	ex.CaptureSkipped = st.resp.overBudget
-	if st.req != nil {
+	ex.CaptureSkipped = st.resBody.buf.overBudget
+	if st.reqBody.tee != nil {
 		var over bool
-		ex.reqBody, ex.RequestBodyBytes, over = st.req.stop()
+		ex.reqBody, ex.RequestBodyBytes, over = st.reqBody.tee.stop()
 		ex.RequestTruncated = int64(len(ex.reqBody)) < ex.RequestBodyBytes
 		ex.CaptureSkipped = ex.CaptureSkipped || over
 	}
@@ -331,7 +331,7 @@ func (p *Proxy) finish(ctx context.Context, st *exchangeState) {
 		return
 	}
 	p.view.prepare(ex)
-	st.octx, st.rctx = context.WithoutCancel(ctx), ctx
+	st.obs.ctx, st.obs.rctx = context.WithoutCancel(ctx), ctx
 	if p.async != nil && p.async.dispatch(p, st) {
 		return
 	}
@@ -376,7 +376,7 @@ func (p *Proxy) settleRoute(st *exchangeState) {
 // runObservers calls the observers in order, then releases st: its pooled
 // buffers are free only once the last observer is done with them.
 func (p *Proxy) runObservers(st *exchangeState) {
-	timed := p.metrics.observerTimed(st.rctx)
+	timed := p.metrics.observerTimed(st.obs.rctx)
 	for i, o := range p.observers {
 		p.observe(st, i, o, timed)
 	}
@@ -386,12 +386,12 @@ func (p *Proxy) runObservers(st *exchangeState) {
 
 // endErr says why the exchange ended, or nil for a clean end.
 func endErr(ctx context.Context, st *exchangeState) error {
-	ex, tee := &st.ex, &st.body
+	ex, tee := &st.ex, &st.resBody.tee
 	switch {
 	case st.err != nil:
 		return st.err
-	case st.limit.exceeded() != nil:
-		return st.limit.exceeded()
+	case st.reqBody.limit.exceeded() != nil:
+		return st.reqBody.limit.exceeded()
 	case ex.Upgraded || tee.eof:
 		return nil
 	case ex.Response == nil:
@@ -420,15 +420,15 @@ func (p *Proxy) observe(st *exchangeState, i int, o ResponseObserver, timed bool
 	}
 	defer func() {
 		if v := recover(); v != nil {
-			p.metrics.panicked(st.rctx, i)
-			p.logger.LogAttrs(st.octx, slog.LevelError, "tapproxy: observer panicked",
+			p.metrics.panicked(st.obs.rctx, i)
+			p.logger.LogAttrs(st.obs.ctx, slog.LevelError, "tapproxy: observer panicked",
 				slog.Any("panic", v), slog.String("stack", string(debug.Stack())))
 		}
 		if timed {
-			p.metrics.observed(st.rctx, i, time.Since(start))
+			p.metrics.observed(st.obs.rctx, i, time.Since(start))
 		}
 	}()
-	o.ObserveResponse(st.octx, &st.ex)
+	o.ObserveResponse(st.obs.ctx, &st.ex)
 }
 
 // statusWriter notes the status a custom error handler answers with.
