@@ -150,14 +150,12 @@ var errEmptyPool = errors.New("the pool is empty")
 // ServeHTTP proxies r to an upstream and, once the response has ended,
 // hands the exchange to the observers.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	st := states.Get().(*exchangeState)
-	st.ex.Start = time.Now()
-	st.route.set = p.pool.current()
-	if p.retry != nil {
-		p.retry.active.Add(1)
-	}
-	st.resBody.buf = p.capture.response()
-	st.w = w
+	// A request's way through, top to bottom: screen it (here), pick an
+	// upstream and run the directors (rewrite), send it with retries
+	// (roundTripper), tee the response body (onResponse) as the
+	// ReverseProxy copies it to the client, then call the observers
+	// (finish).
+	st := p.newState(w)
 	// Normalise the path first, so that routing, directors, metrics and
 	// observers all see the path that results.
 	r, refused := p.screen.requestLine(r)
@@ -185,6 +183,20 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.served = true
 }
 
+// newState takes an exchange's state from the pool, for a request that
+// arrived now and is answered through w.
+func (p *Proxy) newState(w http.ResponseWriter) *exchangeState {
+	st := states.Get().(*exchangeState)
+	st.ex.Start = time.Now()
+	st.w = w
+	st.route.set = p.pool.current()
+	if p.retry != nil {
+		p.retry.active.Add(1)
+	}
+	st.resBody.buf = p.capture.response()
+	return st
+}
+
 // rewrite is the ReverseProxy's Rewrite: it picks the upstream, routes the
 // request there, and runs the directors.
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
@@ -199,17 +211,24 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	st.route.hostSet = pr.Out.Host != ""
 	// Wrap the body last, so that what is counted is what goes upstream.
 	if pr.Out.Body != nil {
-		st.reqBody.tee = &requestTee{rc: pr.Out.Body, left: -1}
-		if pr.Out.ContentLength > 0 {
-			st.reqBody.tee.left = pr.Out.ContentLength
-		}
-		st.reqBody.tee.buf = p.capture.request()
-		pr.Out.Body = st.reqBody.tee
-		if p.retry != nil {
-			// Under the attempts, the tee reads each byte once.
-			st.reqBody.replay = newReplayBody(st.reqBody.tee, pr.Out.ContentLength, p.retry.bodyLimit)
-			pr.Out.Body, pr.Out.GetBody = st.reqBody.replay.reader(), st.reqBody.replay.getBody
-		}
+		p.wrapRequestBody(st, pr.Out)
+	}
+}
+
+// wrapRequestBody puts the request tee, and under retries the replay over
+// it, in out's body's place.
+func (p *Proxy) wrapRequestBody(st *exchangeState, out *http.Request) {
+	rb := &st.reqBody
+	rb.tee = &requestTee{rc: out.Body, left: -1}
+	if out.ContentLength > 0 {
+		rb.tee.left = out.ContentLength
+	}
+	rb.tee.buf = p.capture.request()
+	out.Body = rb.tee
+	if p.retry != nil {
+		// Under the attempts, the tee reads each byte once.
+		rb.replay = newReplayBody(rb.tee, out.ContentLength, p.retry.bodyLimit)
+		out.Body, out.GetBody = rb.replay.reader(), rb.replay.getBody
 	}
 }
 
