@@ -194,6 +194,26 @@ func stateFrom(ctx context.Context) *exchangeState {
 	return st
 }
 
+// settleCaptures hands the exchange its captured bodies, the response's
+// cut to what was delivered, and what they count; the request's capture
+// stops here.
+func (st *exchangeState) settleCaptures() {
+	ex := &st.ex
+	if body := st.resBody.buf.bytes(); int64(len(body)) > ex.BodyBytes {
+		ex.body = body[:ex.BodyBytes]
+	} else {
+		ex.body = body
+	}
+	ex.Truncated = int64(len(ex.body)) < ex.BodyBytes
+	ex.CaptureSkipped = st.resBody.buf.overBudget
+	if st.reqBody.tee != nil {
+		var over bool
+		ex.reqBody, ex.RequestBodyBytes, over = st.reqBody.tee.stop()
+		ex.RequestTruncated = int64(len(ex.reqBody)) < ex.RequestBodyBytes
+		ex.CaptureSkipped = ex.CaptureSkipped || over
+	}
+}
+
 func (st *exchangeState) release() {
 	st.resBody.buf.release()
 	if st.reqBody.tee != nil {

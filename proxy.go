@@ -331,19 +331,7 @@ func (p *Proxy) finish(ctx context.Context, st *exchangeState) {
 	ex.Duration = time.Since(ex.Start)
 	ex.Err = endErr(ctx, st)
 	p.settleRoute(st)
-	if body := st.resBody.buf.bytes(); int64(len(body)) > ex.BodyBytes {
-		ex.body = body[:ex.BodyBytes]
-	} else {
-		ex.body = body
-	}
-	ex.Truncated = int64(len(ex.body)) < ex.BodyBytes
-	ex.CaptureSkipped = st.resBody.buf.overBudget
-	if st.reqBody.tee != nil {
-		var over bool
-		ex.reqBody, ex.RequestBodyBytes, over = st.reqBody.tee.stop()
-		ex.RequestTruncated = int64(len(ex.reqBody)) < ex.RequestBodyBytes
-		ex.CaptureSkipped = ex.CaptureSkipped || over
-	}
+	st.settleCaptures()
 	p.metrics.record(ctx, st)
 	if len(p.observers) == 0 {
 		st.release()
