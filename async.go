@@ -2,6 +2,7 @@ package tapproxy
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"sync"
 )
@@ -15,6 +16,14 @@ type dispatcher struct {
 	closed bool
 	queue  chan *exchangeState
 	done   chan struct{} // closed when every worker has returned
+}
+
+// checkAsync validates c's options for asynchronous observers.
+func checkAsync(c *config) error {
+	if c.async && (c.asyncWorkers < 1 || c.asyncQueue < 0) {
+		return fmt.Errorf("tapproxy: asynchronous observers need workers > 0 and a queue size >= 0, got %d and %d", c.asyncWorkers, c.asyncQueue)
+	}
+	return nil
 }
 
 func newDispatcher(p *Proxy, workers, size int) *dispatcher {
@@ -46,7 +55,7 @@ func (d *dispatcher) dispatch(p *Proxy, st *exchangeState) bool {
 	select {
 	case d.queue <- st:
 	default:
-		p.metrics.dropped(st.rctx)
+		p.metrics.dropped(st.obs.rctx)
 		st.release()
 	}
 	return true
@@ -84,11 +93,7 @@ func (d *dispatcher) close(ctx context.Context) error {
 // Shutdown again waits again; it is safe for concurrent use.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.pool.close()
-	p.stopGauges.Do(func() {
-		for _, g := range p.gauges {
-			_ = g.Unregister()
-		}
-	})
+	p.metrics.stopGauges()
 	if ci, ok := p.transport.(interface{ CloseIdleConnections() }); ok {
 		ci.CloseIdleConnections()
 	}

@@ -2,13 +2,65 @@ package tapproxy
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
+	"net/http"
 	"sync"
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 )
+
+// captureSettings is how a proxy captures bodies for its observers: the
+// limits, the capture policy, and the storage the captures draw on.
+type captureSettings struct {
+	limit    int                        // per response; 0 when no observer reads bodies
+	reqLimit int                        // per request; 0 likewise
+	policy   func(*http.Response) int64 // nil: limit for every response
+	resp     capturePool
+	req      capturePool
+	budget   captureBudget // it counts what captures hold, bounded or not
+}
+
+// newCaptureSettings validates c's capture options and returns the
+// settings they make.
+func newCaptureSettings(c *config) (*captureSettings, error) {
+	var errs []error
+	if c.captureLimit < 0 {
+		errs = append(errs, fmt.Errorf("tapproxy: capture limit %d is negative", c.captureLimit))
+	}
+	if c.reqCapture < 0 {
+		errs = append(errs, fmt.Errorf("tapproxy: request capture limit %d is negative", c.reqCapture))
+	}
+	if c.captureBudget < 0 {
+		errs = append(errs, fmt.Errorf("tapproxy: capture budget %d is negative", c.captureBudget))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	s := &captureSettings{budget: captureBudget{limit: budgetLimit(c.captureBudget)}}
+	if readsBodies(c.observers) {
+		// Without observers that read them nobody reads the captures, so
+		// take none; bodies are still counted.
+		s.limit = int(min(c.captureLimit, math.MaxInt32))
+		s.reqLimit = int(min(c.reqCapture, math.MaxInt32))
+		s.policy = c.capturePolicy
+	}
+	return s, nil
+}
+
+// response returns an empty capture of a response body, before the
+// policy had its say.
+func (s *captureSettings) response() bodyBuffer {
+	return bodyBuffer{limit: s.limit, pool: &s.resp, budget: &s.budget}
+}
+
+// request returns an empty capture of a request body.
+func (s *captureSettings) request() bodyBuffer {
+	return bodyBuffer{limit: s.reqLimit, pool: &s.req, budget: &s.budget}
+}
 
 // bodyBuffer keeps the first limit bytes written to it and counts the rest.
 // Like os/exec's prefixSuffixSaver, it never fails the stream it copies:
@@ -139,13 +191,13 @@ type captureBudget struct {
 	used  atomic.Int64
 }
 
-// newCaptureBudget returns a budget of limit bytes; 0 counts without a
+// budgetLimit returns the limit of a budget of n bytes; 0 counts without a
 // bound.
-func newCaptureBudget(limit int64) *captureBudget {
-	if limit <= 0 {
-		limit = math.MaxInt64
+func budgetLimit(n int64) int64 {
+	if n <= 0 {
+		return math.MaxInt64
 	}
-	return &captureBudget{limit: limit}
+	return n
 }
 
 // bounded reports whether the budget has a limit.

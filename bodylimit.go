@@ -12,21 +12,21 @@ import (
 // request body of unknown length grew past the limit.
 var errBodyCut = errors.New("tapproxy: request body cut at the limit")
 
-// limitBody applies the request body limit to r. A declared length over the
+// body applies the request body limit to r. A declared length over the
 // limit is answered 413 before anything goes upstream. A body of unknown
 // length (chunked, or HTTP/2 without content-length) is wrapped so that it
 // fails once it grows past the limit; the returned request's context is then canceled
 // at that moment, so that an exchange whose response already started is
 // aborted rather than finished on a shortened request. Call the returned
 // function when the exchange is over.
-func (p *Proxy) limitBody(w http.ResponseWriter, r *http.Request, st *exchangeState) (*http.Request, func(), *localAnswer) {
+func (s *requestScreen) body(w http.ResponseWriter, r *http.Request, st *exchangeState) (*http.Request, func(), *localAnswer) {
 	switch {
-	case p.bodyLimit <= 0:
+	case s.bodyLimit <= 0:
 		return r, func() {}, nil
-	case r.ContentLength > p.bodyLimit:
+	case r.ContentLength > s.bodyLimit:
 		return r, func() {}, &localAnswer{
 			status: http.StatusRequestEntityTooLarge,
-			err:    &http.MaxBytesError{Limit: p.bodyLimit},
+			err:    &http.MaxBytesError{Limit: s.bodyLimit},
 		}
 	case r.ContentLength >= 0 || r.Body == nil || r.Body == http.NoBody:
 		// The server holds a body of declared length to that length.
@@ -35,9 +35,9 @@ func (p *Proxy) limitBody(w http.ResponseWriter, r *http.Request, st *exchangeSt
 	ctx, cancel := context.WithCancelCause(r.Context())
 	// http.MaxBytesReader also tells the server to close the connection
 	// after the response rather than read the rest of the body.
-	st.limit = &limitedBody{rc: http.MaxBytesReader(w, r.Body, p.bodyLimit), cancel: cancel}
+	st.reqBody.limit = &limitedBody{rc: http.MaxBytesReader(w, r.Body, s.bodyLimit), cancel: cancel}
 	r = r.WithContext(ctx)
-	r.Body = st.limit
+	r.Body = st.reqBody.limit
 	return r, func() { cancel(nil) }, nil
 }
 

@@ -141,25 +141,44 @@ func (ex *Exchange) RequestBody() io.Reader { return bytes.NewReader(ex.reqBody)
 // exchangeState is what the proxy tracks for one request, from ServeHTTP to
 // the observer calls. It is pooled.
 type exchangeState struct {
-	ex     Exchange
-	target *url.URL // the picked upstream's, for directors that re-route
-	body   responseTee
-	resp   bodyBuffer
-	req    *requestTee
-	octx   context.Context // the observers' context
-	// rctx is the request's context, for recording observer metrics: it
-	// carries the same values as octx, and looking them up through it
-	// does not allocate, unlike through context.WithoutCancel's.
-	rctx   context.Context
-	err    error        // from the error handler, classified
-	served bool         // ReverseProxy.ServeHTTP returned rather than panicked
-	local  bool         // the proxy answered itself; nothing went upstream
-	limit  *limitedBody // the request body, if the body limit watches it
-	w      http.ResponseWriter
+	ex     Exchange            // what the observers are handed
+	w      http.ResponseWriter // the client's
+	target *url.URL            // the picked upstream's, for directors that re-route
 
+	route   routeState   // the picks and attempts
+	reqBody requestBody  // what wraps the request body
+	resBody responseBody // what wraps the response body
+	obs     observerContexts
 	metrics exchangeMetrics
-	route   routeState
-	replay  *replayBody // nil: no retries, or no body
+
+	// How the exchange went.
+	err    error // from the error handler, classified
+	served bool  // ReverseProxy.ServeHTTP returned rather than panicked
+	local  bool  // the proxy answered itself; nothing went upstream
+}
+
+// requestBody is what wraps an exchange's request body, from the client's
+// side to the upstream's; each is nil when not in use.
+type requestBody struct {
+	limit  *limitedBody // fails the body past the body limit
+	tee    *requestTee  // counts and captures what goes upstream
+	replay *replayBody  // hands each attempt the body afresh; nil without retries
+}
+
+// responseBody is what the ReverseProxy copies the response body through:
+// the tee, and the capture it fills.
+type responseBody struct {
+	tee responseTee
+	buf bodyBuffer
+}
+
+// observerContexts are the contexts the observers are called with.
+type observerContexts struct {
+	ctx context.Context // the request's values, never canceled
+	// rctx is the request's context, for recording observer metrics: it
+	// carries the same values as ctx, and looking them up through it does
+	// not allocate, unlike through context.WithoutCancel's.
+	rctx context.Context
 }
 
 var states = sync.Pool{New: func() any { return new(exchangeState) }}
@@ -175,10 +194,30 @@ func stateFrom(ctx context.Context) *exchangeState {
 	return st
 }
 
+// settleCaptures hands the exchange its captured bodies, the response's
+// cut to what was delivered, and what they count; the request's capture
+// stops here.
+func (st *exchangeState) settleCaptures() {
+	ex := &st.ex
+	if body := st.resBody.buf.bytes(); int64(len(body)) > ex.BodyBytes {
+		ex.body = body[:ex.BodyBytes]
+	} else {
+		ex.body = body
+	}
+	ex.Truncated = int64(len(ex.body)) < ex.BodyBytes
+	ex.CaptureSkipped = st.resBody.buf.overBudget
+	if st.reqBody.tee != nil {
+		var over bool
+		ex.reqBody, ex.RequestBodyBytes, over = st.reqBody.tee.stop()
+		ex.RequestTruncated = int64(len(ex.reqBody)) < ex.RequestBodyBytes
+		ex.CaptureSkipped = ex.CaptureSkipped || over
+	}
+}
+
 func (st *exchangeState) release() {
-	st.resp.release()
-	if st.req != nil {
-		st.req.release()
+	st.resBody.buf.release()
+	if st.reqBody.tee != nil {
+		st.reqBody.tee.release()
 	}
 	*st = exchangeState{}
 	states.Put(st)
@@ -210,8 +249,8 @@ func (t *responseTee) Read(p []byte) (int, error) {
 	n, err := t.rc.Read(p)
 	st.ex.BodyBytes += t.pending
 	t.pending = int64(n)
-	if n > 0 && st.resp.limit > 0 {
-		st.resp.Write(p[:n])
+	if n > 0 && st.resBody.buf.limit > 0 {
+		st.resBody.buf.Write(p[:n])
 	}
 	if err == io.EOF {
 		t.eof = true

@@ -25,6 +25,32 @@ var (
 	ErrDecodeLimit = errors.New("tapproxy: decoded body exceeds the decode limit")
 )
 
+// viewSettings are how observers see an exchange: the decoders and decode
+// limit behind [Exchange.DecodedBody], and whether credentials are shown.
+type viewSettings struct {
+	decoders        map[string]Decoder // beyond the built-in ones
+	decodeLimit     int64
+	showCredentials bool
+}
+
+// newViewSettings validates c's view options and returns the settings
+// they make.
+func newViewSettings(c *config) (viewSettings, error) {
+	if c.decodeLimit < 0 {
+		return viewSettings{}, fmt.Errorf("tapproxy: decode limit %d is negative", c.decodeLimit)
+	}
+	return viewSettings{decoders: c.decoders, decodeLimit: c.decodeLimit, showCredentials: c.showCredentials}, nil
+}
+
+// prepare readies ex for the observers: credentials redacted unless they
+// are to be shown, and the decoders in place.
+func (v *viewSettings) prepare(ex *Exchange) {
+	if !v.showCredentials {
+		redactCredentials(ex)
+	}
+	ex.decoders, ex.decodeLimit = v.decoders, v.decodeLimit
+}
+
 // A Decoder undoes one content coding: it returns a reader of the decoded
 // bytes of r. The proxy reads at most the decode limit from it, and closes it
 // when the observer call ends if it is an [io.Closer].

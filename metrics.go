@@ -3,6 +3,7 @@ package tapproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -159,6 +160,9 @@ type meters struct {
 
 	server attrCache[serverKey, []metric.RecordOption]
 	client attrCache[clientKey, clientOptions]
+
+	gauges   []metric.Registration // the gauges' callbacks
+	stopOnce sync.Once
 }
 
 func newMeters(c *config) (*meters, error) {
@@ -330,8 +334,8 @@ func (m *meters) record(ctx context.Context, st *exchangeState) {
 	}
 	// Only a capture that is on can be truncated: with a limit of zero,
 	// every body is "truncated", by choice.
-	resTrunc := ex.Truncated && st.resp.limit > 0
-	reqTrunc := ex.RequestTruncated && st.req != nil && st.req.buf.limit > 0
+	resTrunc := ex.Truncated && st.resBody.buf.limit > 0
+	reqTrunc := ex.RequestTruncated && st.reqBody.tee != nil && st.reqBody.tee.buf.limit > 0
 	if (resTrunc || reqTrunc) && m.captureTrunc.Enabled(ctx) {
 		if resTrunc {
 			m.captureTrunc.Add(ctx, 1, m.responseCapture...)
@@ -607,6 +611,33 @@ func (m *meters) upstreamAttrs(u *url.URL) upstreamAttrs {
 		a.retries[r] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(addr, srvPort, retryKey.String(name)))}
 	}
 	return a
+}
+
+// registerGauges registers the callbacks of the observable gauges through
+// mp and m: the bytes that the captures hold and their budget, from b, and
+// the health of the pool's upstreams. stopGauges unregisters them.
+func (m *meters) registerGauges(mp metric.MeterProvider, b *captureBudget, pl *pool) error {
+	held, err := b.register(mp)
+	if err != nil {
+		return fmt.Errorf("tapproxy: creating instruments: %w", err)
+	}
+	health, err := m.observeHealth(pl)
+	if err != nil {
+		_ = held.Unregister()
+		return fmt.Errorf("tapproxy: registering the upstream health gauge: %w", err)
+	}
+	m.gauges = []metric.Registration{held, health}
+	return nil
+}
+
+// stopGauges unregisters the gauges' callbacks, once: they would otherwise
+// keep the proxy reachable from its MeterProvider.
+func (m *meters) stopGauges() {
+	m.stopOnce.Do(func() {
+		for _, g := range m.gauges {
+			_ = g.Unregister()
+		}
+	})
 }
 
 // observeHealth registers the callback of the healthy gauge, which reports

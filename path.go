@@ -67,13 +67,33 @@ var (
 	answerOtherHost = &localAnswer{status: http.StatusBadRequest, err: errRedirectHost}
 )
 
-// screen looks at the request line before anything is routed: it answers
-// CONNECT and OPTIONS * itself, applies the escaped-slash action, and
-// resolves the path's dot-segments. It returns the request to proxy, whose
-// path is the one every later step sees, or the answer to give instead.
-// A path without dot-segments or escaped slashes costs a scan and no
-// allocation.
-func (p *Proxy) screen(r *http.Request) (*http.Request, *localAnswer) {
+// requestScreen is what a proxy checks in a request before anything is
+// routed: its request line here, its body's size in bodylimit.go.
+type requestScreen struct {
+	normalize      bool // resolve dot-segments in request paths
+	escapedSlashes EscapedSlashAction
+	bodyLimit      int64 // 0: none
+}
+
+// newRequestScreen validates c's screening options and returns the screen
+// they make.
+func newRequestScreen(c *config) (requestScreen, error) {
+	var errs []error
+	if c.escapedSlashes < KeepEscaped || c.escapedSlashes > UnescapeAndRedirect {
+		errs = append(errs, fmt.Errorf("tapproxy: unknown escaped-slash action %d", c.escapedSlashes))
+	}
+	if c.bodyLimit < 0 {
+		errs = append(errs, fmt.Errorf("tapproxy: request body limit %d is negative", c.bodyLimit))
+	}
+	return requestScreen{normalize: !c.rawPaths, escapedSlashes: c.escapedSlashes, bodyLimit: c.bodyLimit}, errors.Join(errs...)
+}
+
+// requestLine looks at the request line: it answers CONNECT and OPTIONS *
+// itself, applies the escaped-slash action, and resolves the path's
+// dot-segments. It returns the request to proxy, whose path is the one
+// every later step sees, or the answer to give instead. A path without
+// dot-segments or escaped slashes costs a scan and no allocation.
+func (s *requestScreen) requestLine(r *http.Request) (*http.Request, *localAnswer) {
 	switch {
 	case r.Method == http.MethodConnect:
 		// Relaying it as a plain request could make a client take the
@@ -89,19 +109,19 @@ func (p *Proxy) screen(r *http.Request) (*http.Request, *localAnswer) {
 	if u.Path == "" || u.Path[0] != '/' {
 		return r, nil
 	}
-	escaped := p.escapedSlashes != KeepEscaped && hasEscapedSlash(u)
-	if !escaped && (!p.normalize || !hasDotSegment(u.Path)) {
+	escaped := s.escapedSlashes != KeepEscaped && hasEscapedSlash(u)
+	if !escaped && (!s.normalize || !hasDotSegment(u.Path)) {
 		return r, nil
 	}
 	esc := u.EscapedPath()
-	if p.normalize {
+	if s.normalize {
 		var ok bool
 		if esc, ok = removeDotSegments(esc); !ok {
 			return r, answerAboveRoot
 		}
 	}
 	if escaped {
-		if p.escapedSlashes == RejectEscaped {
+		if s.escapedSlashes == RejectEscaped {
 			return r, answerEscaped
 		}
 		loc := unescapeSlashes(esc)

@@ -22,7 +22,7 @@ func BenchmarkPathScreen(b *testing.B) {
 			r := httptest.NewRequest(http.MethodGet, bm.target, nil)
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, a := p.screen(r); a != nil {
+				if _, a := p.screen.requestLine(r); a != nil {
 					b.Fatal("refused")
 				}
 			}

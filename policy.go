@@ -77,15 +77,15 @@ func readsBodies(observers []ResponseObserver) bool {
 	return false
 }
 
-// captureLimitFor applies the capture policy to res: the limit of its
-// response capture.
-func (p *Proxy) captureLimitFor(ctx context.Context, res *http.Response) (limit int) {
+// limitFor applies the capture policy to res: the limit of its response
+// capture. A panic in the policy is logged to logger and captures nothing.
+func (s *captureSettings) limitFor(ctx context.Context, res *http.Response, logger *slog.Logger) (limit int) {
 	defer func() {
 		if v := recover(); v != nil {
 			limit = 0
-			p.logger.LogAttrs(ctx, slog.LevelError, "tapproxy: capture policy panicked",
+			logger.LogAttrs(ctx, slog.LevelError, "tapproxy: capture policy panicked",
 				slog.Any("panic", v), slog.String("stack", string(debug.Stack())))
 		}
 	}()
-	return int(min(max(p.policy(res), 0), math.MaxInt32))
+	return int(min(max(s.policy(res), 0), math.MaxInt32))
 }

@@ -39,9 +39,9 @@ func TestCapturePolicyZeroPoolAllocs(t *testing.T) {
 				})))
 			require.NoError(t, err)
 			p.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil))
-			_, pooled := p.captures.pool.Get().(*[]byte)
+			_, pooled := p.capture.resp.pool.Get().(*[]byte)
 			assert.Equal(t, tt.taken, pooled)
-			assert.Zero(t, p.budget.used.Load(), "nothing held after the exchange")
+			assert.Zero(t, p.capture.budget.used.Load(), "nothing held after the exchange")
 		})
 	}
 }

@@ -121,6 +121,53 @@ type pool struct {
 	slowStart time.Duration // 0: none (see WithSlowStart)
 }
 
+// newPool validates c's pool options (passive health, active checks, slow
+// start) and returns a pool without upstreams; fill gives it its first.
+// balanced says the pool is NewBalanced's, which has passive health on by
+// default.
+func newPool(c *config, balanced bool) (*pool, error) {
+	pl := &pool{balancer: c.balancer, slowStart: c.slowStart}
+	var errs []error
+	if balanced || c.passiveHealth != nil {
+		passive, err := newPassiveHealth(c.passiveHealth)
+		errs = append(errs, err)
+		pl.passive = passive
+	}
+	if c.healthCheck != nil {
+		hc, ref, err := c.healthCheck.withDefaults()
+		errs = append(errs, err)
+		pl.checker = &healthChecker{hc: hc, ref: ref, rt: c.transport, pool: pl, stops: make(map[*Upstream]context.CancelFunc)}
+	}
+	if c.slowStart < 0 {
+		errs = append(errs, fmt.Errorf("tapproxy: slow start %v is negative", c.slowStart))
+	}
+	return pl, errors.Join(errs...)
+}
+
+// fill gives the pool its first upstreams, one per target, recorded
+// through m. weights is nil for a single target's pool (each weighs 1),
+// and otherwise holds one weight per target. Active checks start with
+// startChecks.
+func (p *pool) fill(targets []*url.URL, weights []int, m *meters) {
+	p.metrics = m
+	ups := make([]*Upstream, len(targets))
+	for i, t := range targets {
+		w := 1
+		if weights != nil && weights[i] > 0 {
+			w = weights[i]
+		}
+		ups[i] = p.newUpstream(t, w)
+	}
+	p.store(ups, time.Now())
+}
+
+// startChecks starts the active health checks of the upstreams, if any.
+func (p *pool) startChecks() {
+	if p.checker != nil {
+		p.checker.sync(p.set.Load().all)
+	}
+}
+
 // newUpstream makes an upstream for target, which has been validated.
 func (p *pool) newUpstream(target *url.URL, weight int) *Upstream {
 	t := *target // the caller may reuse theirs

@@ -5,16 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"runtime/debug"
 	"slices"
-	"sync"
 	"time"
-
-	"go.opentelemetry.io/otel/metric"
 )
 
 // Proxy is an observing reverse proxy to one target, from [New], or to a
@@ -23,31 +19,23 @@ import (
 // arrives, while a size-capped copy of its body is taken for the
 // observers. It is safe for concurrent use.
 type Proxy struct {
-	rp              httputil.ReverseProxy
-	pool            *pool
-	retry           *retryPolicy // nil: one attempt per request
-	directors       []Director
-	observers       []ResponseObserver
-	captureLimit    int
-	reqCapture      int
-	errorHandler    func(http.ResponseWriter, *http.Request, error)
-	modifyResponse  func(*http.Response) error
-	logger          *slog.Logger
-	captures        capturePool
-	reqCaptures     capturePool
-	budget          *captureBudget // always set: it counts what captures hold
-	policy          func(*http.Response) int64
-	gauges          []metric.Registration // the gauges' callbacks
-	stopGauges      sync.Once
-	decoders        map[string]Decoder
-	decodeLimit     int64
-	showCredentials bool
-	metrics         *meters
-	transport       http.RoundTripper
-	async           *dispatcher // nil: observers run on the request's goroutine
-	normalize       bool        // resolve dot-segments in request paths
-	escapedSlashes  EscapedSlashAction
-	bodyLimit       int64 // 0: none
+	// The collaborators, in the order a request meets them.
+	screen    requestScreen         // checks the request line and body size
+	pool      *pool                 // picks the upstream; membership and health
+	directors []Director            // rewrite the outbound request
+	retry     *retryPolicy          // nil: one attempt per request
+	transport http.RoundTripper     // sends each attempt
+	rp        httputil.ReverseProxy // relays, calling the hooks below
+	capture   *captureSettings      // what the tees keep of each body
+	observers []ResponseObserver
+	view      viewSettings // what observers see of the exchange
+	async     *dispatcher  // nil: observers run on the request's goroutine
+	metrics   *meters
+
+	// The caller's hooks and logger.
+	modifyResponse func(*http.Response) error
+	errorHandler   func(http.ResponseWriter, *http.Request, error)
+	logger         *slog.Logger
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -107,105 +95,43 @@ func NewBalanced(targets []*url.URL, opts ...Option) (*Proxy, error) {
 // New, and otherwise holds one weight per target; targetErr says what is
 // wrong with the targets.
 func newProxy(c *config, targets []*url.URL, weights []int, targetErr error) (*Proxy, error) {
-	balanced := weights != nil
-	errs := []error{targetErr}
-	if c.captureLimit < 0 {
-		errs = append(errs, fmt.Errorf("tapproxy: capture limit %d is negative", c.captureLimit))
-	}
-	if c.decodeLimit < 0 {
-		errs = append(errs, fmt.Errorf("tapproxy: decode limit %d is negative", c.decodeLimit))
-	}
-	if c.async && (c.asyncWorkers < 1 || c.asyncQueue < 0) {
-		errs = append(errs, fmt.Errorf("tapproxy: asynchronous observers need workers > 0 and a queue size >= 0, got %d and %d", c.asyncWorkers, c.asyncQueue))
-	}
-	if c.reqCapture < 0 {
-		errs = append(errs, fmt.Errorf("tapproxy: request capture limit %d is negative", c.reqCapture))
-	}
-	if c.captureBudget < 0 {
-		errs = append(errs, fmt.Errorf("tapproxy: capture budget %d is negative", c.captureBudget))
-	}
-	retry, err := newRetryPolicy(c.retry, balanced)
-	errs = append(errs, err)
-	var passive *passiveHealth
-	if balanced || c.passiveHealth != nil {
-		passive, err = newPassiveHealth(c.passiveHealth)
-		errs = append(errs, err)
-	}
-	var checks *healthChecker
-	if c.healthCheck != nil {
-		hc, ref, err := c.healthCheck.withDefaults()
-		errs = append(errs, err)
-		checks = &healthChecker{hc: hc, ref: ref, rt: c.transport, stops: make(map[*Upstream]context.CancelFunc)}
-	}
-	if c.escapedSlashes < KeepEscaped || c.escapedSlashes > UnescapeAndRedirect {
-		errs = append(errs, fmt.Errorf("tapproxy: unknown escaped-slash action %d", c.escapedSlashes))
-	}
-	if c.slowStart < 0 {
-		errs = append(errs, fmt.Errorf("tapproxy: slow start %v is negative", c.slowStart))
-	}
-	if c.bodyLimit < 0 {
-		errs = append(errs, fmt.Errorf("tapproxy: request body limit %d is negative", c.bodyLimit))
-	}
+	// Each collaborator checks its own options; their errors are joined
+	// in this order.
+	capture, captureErr := newCaptureSettings(c)
+	view, viewErr := newViewSettings(c)
+	retry, retryErr := newRetryPolicy(c.retry, weights != nil)
+	pl, poolErr := newPool(c, weights != nil)
+	screen, screenErr := newRequestScreen(c)
 	m, err := newMeters(c)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("tapproxy: creating instruments: %w", err))
+		err = fmt.Errorf("tapproxy: creating instruments: %w", err)
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := errors.Join(targetErr, captureErr, viewErr, checkAsync(c), retryErr, poolErr, screenErr, err); err != nil {
 		return nil, err
 	}
 
-	pl := &pool{balancer: c.balancer, passive: passive, checker: checks, metrics: m, slowStart: c.slowStart}
-	ups := make([]*Upstream, len(targets))
-	for i, t := range targets {
-		w := 1
-		if balanced && weights[i] > 0 {
-			w = weights[i]
-		}
-		ups[i] = pl.newUpstream(t, w)
-	}
-	pl.store(ups, time.Now())
+	pl.fill(targets, weights, m)
 	p := &Proxy{
-		pool:            pl,
-		retry:           retry,
-		directors:       c.directors,
-		observers:       c.observers,
-		errorHandler:    c.errorHandler,
-		modifyResponse:  c.modifyResponse,
-		logger:          c.logger,
-		decoders:        c.decoders,
-		decodeLimit:     c.decodeLimit,
-		showCredentials: c.showCredentials,
-		metrics:         m,
-		transport:       c.transport,
-		normalize:       !c.rawPaths,
-		escapedSlashes:  c.escapedSlashes,
-		bodyLimit:       c.bodyLimit,
+		screen:         screen,
+		pool:           pl,
+		directors:      c.directors,
+		retry:          retry,
+		transport:      c.transport,
+		capture:        capture,
+		observers:      c.observers,
+		view:           view,
+		metrics:        m,
+		modifyResponse: c.modifyResponse,
+		errorHandler:   c.errorHandler,
+		logger:         c.logger,
 	}
-	p.budget = newCaptureBudget(c.captureBudget)
-	if readsBodies(c.observers) {
-		// Without observers that read them nobody reads the captures, so
-		// take none; bodies are still counted.
-		p.captureLimit = int(min(c.captureLimit, math.MaxInt32))
-		p.reqCapture = int(min(c.reqCapture, math.MaxInt32))
-		p.policy = c.capturePolicy
+	if err := m.registerGauges(c.meterProvider, &capture.budget, pl); err != nil {
+		return nil, err
 	}
-	capture, err := p.budget.register(c.meterProvider)
-	if err != nil {
-		return nil, fmt.Errorf("tapproxy: creating instruments: %w", err)
-	}
-	health, err := m.observeHealth(pl)
-	if err != nil {
-		_ = capture.Unregister()
-		return nil, fmt.Errorf("tapproxy: registering the upstream health gauge: %w", err)
-	}
-	p.gauges = []metric.Registration{capture, health}
 	if c.async && len(c.observers) > 0 {
 		p.async = newDispatcher(p, c.asyncWorkers, c.asyncQueue)
 	}
-	if checks != nil {
-		checks.pool = pl
-		checks.sync(ups)
-	}
+	pl.startChecks()
 	p.rp = httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
 		Transport:      &roundTripper{rt: c.transport, pool: pl, retry: retry},
@@ -224,17 +150,15 @@ var errEmptyPool = errors.New("the pool is empty")
 // ServeHTTP proxies r to an upstream and, once the response has ended,
 // hands the exchange to the observers.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	st := states.Get().(*exchangeState)
-	st.ex.Start = time.Now()
-	st.route.set = p.pool.current()
-	if p.retry != nil {
-		p.retry.active.Add(1)
-	}
-	st.resp.limit, st.resp.pool, st.resp.budget = p.captureLimit, &p.captures, p.budget
-	st.w = w
+	// A request's way through, top to bottom: screen it (here), pick an
+	// upstream and run the directors (rewrite), send it with retries
+	// (roundTripper), tee the response body (onResponse) as the
+	// ReverseProxy copies it to the client, then call the observers
+	// (finish).
+	st := p.newState(w)
 	// Normalise the path first, so that routing, directors, metrics and
 	// observers all see the path that results.
-	r, refused := p.screen(r)
+	r, refused := p.screen.requestLine(r)
 	p.metrics.begin(r.Context(), st, r)
 	ctx := contextWithState(r.Context(), st)
 	// finish is deferred so that it also runs when ReverseProxy aborts the
@@ -244,7 +168,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(ctx)
 	if refused == nil {
 		var done func()
-		r, done, refused = p.limitBody(w, r, st)
+		r, done, refused = p.screen.body(w, r, st)
 		defer done()
 	}
 	switch {
@@ -257,6 +181,20 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.rp.ServeHTTP(w, r)
 	}
 	st.served = true
+}
+
+// newState takes an exchange's state from the pool, for a request that
+// arrived now and is answered through w.
+func (p *Proxy) newState(w http.ResponseWriter) *exchangeState {
+	st := states.Get().(*exchangeState)
+	st.ex.Start = time.Now()
+	st.w = w
+	st.route.set = p.pool.current()
+	if p.retry != nil {
+		p.retry.active.Add(1)
+	}
+	st.resBody.buf = p.capture.response()
+	return st
 }
 
 // rewrite is the ReverseProxy's Rewrite: it picks the upstream, routes the
@@ -273,23 +211,30 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	st.route.hostSet = pr.Out.Host != ""
 	// Wrap the body last, so that what is counted is what goes upstream.
 	if pr.Out.Body != nil {
-		st.req = &requestTee{rc: pr.Out.Body, left: -1}
-		if pr.Out.ContentLength > 0 {
-			st.req.left = pr.Out.ContentLength
+		p.wrapRequestBody(st, pr.Out)
+	}
+}
+
+// wrapRequestBody puts the request tee, and under retries the replay over
+// it, in out's body's place.
+func (p *Proxy) wrapRequestBody(st *exchangeState, out *http.Request) {
+	rb := &st.reqBody
+	rb.tee = &requestTee{rc: out.Body, left: -1}
+	if out.ContentLength > 0 {
+		rb.tee.left = out.ContentLength
+	}
+	rb.tee.buf = p.capture.request()
+	out.Body = rb.tee
+	if rp := p.retry; rp != nil && !(rp.dialOnly && len(st.route.set.all) == 1) {
+		// Under the attempts, the tee reads each byte once. Retries of
+		// failed dials only ever resend an unread body: it need not be
+		// kept.
+		limit := rp.bodyLimit
+		if rp.dialOnly {
+			limit = -1
 		}
-		st.req.buf.limit, st.req.buf.pool, st.req.buf.budget = p.reqCapture, &p.reqCaptures, p.budget
-		pr.Out.Body = st.req
-		if rp := p.retry; rp != nil && !(rp.dialOnly && len(st.route.set.all) == 1) {
-			// Under the attempts, the tee reads each byte once. Retries
-			// of failed dials only ever resend an unread body: it need
-			// not be kept.
-			limit := rp.bodyLimit
-			if rp.dialOnly {
-				limit = -1
-			}
-			st.replay = newReplayBody(st.req, pr.Out.ContentLength, limit)
-			pr.Out.Body, pr.Out.GetBody = st.replay.reader(), st.replay.getBody
-		}
+		rb.replay = newReplayBody(rb.tee, out.ContentLength, limit)
+		out.Body, out.GetBody = rb.replay.reader(), rb.replay.getBody
 	}
 }
 
@@ -314,18 +259,18 @@ func (p *Proxy) onResponse(res *http.Response) error {
 		st.ex.Upgraded = true
 		return nil
 	}
-	if p.policy != nil {
-		st.resp.limit = p.captureLimitFor(res.Request.Context(), res)
+	if p.capture.policy != nil {
+		st.resBody.buf.limit = p.capture.limitFor(res.Request.Context(), res, p.logger)
 	}
-	st.body = responseTee{rc: res.Body, st: st, length: res.ContentLength}
-	res.Body = &st.body
+	st.resBody.tee = responseTee{rc: res.Body, st: st, length: res.ContentLength}
+	res.Body = &st.resBody.tee
 	return nil
 }
 
 // onError is the ReverseProxy's ErrorHandler.
 func (p *Proxy) onError(w http.ResponseWriter, r *http.Request, err error) {
 	st := stateFrom(r.Context())
-	if st.limit.exceeded() != nil {
+	if st.reqBody.limit.exceeded() != nil {
 		// The body grew past the limit before a response started.
 		p.answer(w, r, st, answerTooLarge)
 		return
@@ -372,7 +317,7 @@ var errWriteFailed = errors.New("tapproxy: write to client failed")
 
 // finish settles the exchange and calls the observers.
 func (p *Proxy) finish(ctx context.Context, st *exchangeState) {
-	ex, tee := &st.ex, &st.body
+	ex, tee := &st.ex, &st.resBody.tee
 	// ReverseProxy returns, or fails with a read error, only after writing
 	// what it read last; when it fails without one, the write failed, but
 	// over HTTP/2 its bytes may have gone out all the same.
@@ -392,29 +337,14 @@ func (p *Proxy) finish(ctx context.Context, st *exchangeState) {
 	ex.Duration = time.Since(ex.Start)
 	ex.Err = endErr(ctx, st)
 	p.settleRoute(st)
-	if body := st.resp.bytes(); int64(len(body)) > ex.BodyBytes {
-		ex.body = body[:ex.BodyBytes]
-	} else {
-		ex.body = body
-	}
-	ex.Truncated = int64(len(ex.body)) < ex.BodyBytes
-	ex.CaptureSkipped = st.resp.overBudget
-	if st.req != nil {
-		var over bool
-		ex.reqBody, ex.RequestBodyBytes, over = st.req.stop()
-		ex.RequestTruncated = int64(len(ex.reqBody)) < ex.RequestBodyBytes
-		ex.CaptureSkipped = ex.CaptureSkipped || over
-	}
+	st.settleCaptures()
 	p.metrics.record(ctx, st)
 	if len(p.observers) == 0 {
 		st.release()
 		return
 	}
-	if !p.showCredentials {
-		redactCredentials(ex)
-	}
-	ex.decoders, ex.decodeLimit = p.decoders, p.decodeLimit
-	st.octx, st.rctx = context.WithoutCancel(ctx), ctx
+	p.view.prepare(ex)
+	st.obs.ctx, st.obs.rctx = context.WithoutCancel(ctx), ctx
 	if p.async != nil && p.async.dispatch(p, st) {
 		return
 	}
@@ -459,7 +389,7 @@ func (p *Proxy) settleRoute(st *exchangeState) {
 // runObservers calls the observers in order, then releases st: its pooled
 // buffers are free only once the last observer is done with them.
 func (p *Proxy) runObservers(st *exchangeState) {
-	timed := p.metrics.observerTimed(st.rctx)
+	timed := p.metrics.observerTimed(st.obs.rctx)
 	for i, o := range p.observers {
 		p.observe(st, i, o, timed)
 	}
@@ -469,12 +399,12 @@ func (p *Proxy) runObservers(st *exchangeState) {
 
 // endErr says why the exchange ended, or nil for a clean end.
 func endErr(ctx context.Context, st *exchangeState) error {
-	ex, tee := &st.ex, &st.body
+	ex, tee := &st.ex, &st.resBody.tee
 	switch {
 	case st.err != nil:
 		return st.err
-	case st.limit.exceeded() != nil:
-		return st.limit.exceeded()
+	case st.reqBody.limit.exceeded() != nil:
+		return st.reqBody.limit.exceeded()
 	case ex.Upgraded || tee.eof:
 		return nil
 	case ex.Response == nil:
@@ -503,15 +433,15 @@ func (p *Proxy) observe(st *exchangeState, i int, o ResponseObserver, timed bool
 	}
 	defer func() {
 		if v := recover(); v != nil {
-			p.metrics.panicked(st.rctx, i)
-			p.logger.LogAttrs(st.octx, slog.LevelError, "tapproxy: observer panicked",
+			p.metrics.panicked(st.obs.rctx, i)
+			p.logger.LogAttrs(st.obs.ctx, slog.LevelError, "tapproxy: observer panicked",
 				slog.Any("panic", v), slog.String("stack", string(debug.Stack())))
 		}
 		if timed {
-			p.metrics.observed(st.rctx, i, time.Since(start))
+			p.metrics.observed(st.obs.rctx, i, time.Since(start))
 		}
 	}()
-	o.ObserveResponse(st.octx, &st.ex)
+	o.ObserveResponse(st.obs.ctx, &st.ex)
 }
 
 // statusWriter notes the status a custom error handler answers with.

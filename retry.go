@@ -206,7 +206,7 @@ func (t *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		if parent.Err() != nil || rs.informed {
 			return res, err // the client left, or has bytes: never retried
 		}
-		reason, ok := t.retry.reason(req, st.replay, res, err)
+		reason, ok := t.retry.reason(req, st.reqBody.replay, res, err)
 		if !ok || rs.attempts >= t.retry.attempts {
 			return res, err
 		}
@@ -318,9 +318,9 @@ func (t *roundTripper) retarget(st *exchangeState, ctx context.Context, req *htt
 	if !st.route.hostSet {
 		out.Host = ""
 	}
-	if st.replay != nil {
-		out.Body = st.replay.reader()
-		out.GetBody = st.replay.getBody
+	if st.reqBody.replay != nil {
+		out.Body = st.reqBody.replay.reader()
+		out.GetBody = st.reqBody.replay.getBody
 	}
 	return out
 }
