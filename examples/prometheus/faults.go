@@ -29,9 +29,9 @@ const faultHeader = "X-Demo-Fault"
 const slowObserverDelay = time.Second
 
 // upstreamsDownFor is how long an "upstreams-down" request makes the demo
-// API's /api/health fail: long enough for checks every
-// demoHealthCheck.Interval to mark both replicas down, short enough that a
-// demo recovers by itself.
+// API's /api/health fail: long enough for the checks of demoPoolOptions,
+// every 250ms, to mark both replicas down, short enough that a demo
+// recovers by itself.
 const upstreamsDownFor = 2 * time.Second
 
 // demoReplicas is how many addresses the demo API is served on under
