@@ -168,7 +168,8 @@ var demoTraffic = []demoRequest{
 
 // faultTraffic sets off the proxy's own failure paths under -faults: an
 // observer panic, and a held observer that makes the proxy drop the
-// exchanges after it.
+// exchanges after it. (The upstreams' failure paths are upstreamsDown's,
+// and /api/broken's in demoTraffic.)
 var faultTraffic = []demoRequest{
 	{method: "GET", path: "/api/health", header: http.Header{"X-Demo-Fault": {"observer-panic"}}},
 	{method: "GET", path: "/api/health", header: http.Header{"X-Demo-Fault": {"slow-observer"}}},
@@ -176,6 +177,25 @@ var faultTraffic = []demoRequest{
 	{method: "GET", path: "/api/health", header: http.Header{"X-Demo-Fault": {"slow-observer"}}},
 	{method: "GET", path: "/api/health", header: http.Header{"X-Demo-Fault": {"slow-observer"}}},
 	{method: "GET", path: "/api/health", header: http.Header{"X-Demo-Fault": {"slow-observer"}}},
+}
+
+// upstreamsDown sets off the upstream faults of -faults: it asks the demo
+// API's replicas to fail their health checks, with requests that the proxy
+// still serves, until its scrape counts one that failed open. Each request
+// carries the fault, so that the replicas stay down however slow the
+// checks are on a loaded machine; they recover by themselves afterwards.
+func upstreamsDown(tb testing.TB, client *http.Client, a exampleApp) {
+	tb.Helper()
+	down := []demoRequest{{method: "GET", path: "/api/orders", header: http.Header{"X-Demo-Fault": {"upstreams-down"}}}}
+	for deadline := time.Now().Add(waitTimeout); ; time.Sleep(50 * time.Millisecond) {
+		send(tb, client, a.proxyURL, down)
+		if bytes.Contains(scrape(tb, client, a.metricsURL), []byte("\ntapproxy_balancer_fail_open_total{")) {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("no request failed open within %v of upstreams-down", waitTimeout)
+		}
+	}
 }
 
 // send sends reqs through the proxy at base, reading every answer to its

@@ -100,6 +100,7 @@ func TestExampleMetricsPassPromtool(t *testing.T) {
 	defer client.CloseIdleConnections()
 	send(t, client, a.proxyURL, demoTraffic)
 	send(t, client, a.proxyURL, faultTraffic[:1])
+	upstreamsDown(t, client, a) // for tapproxy_balancer_fail_open_total
 	var body []byte
 	require.Eventually(t, func() bool {
 		body = scrape(t, client, a.metricsURL)

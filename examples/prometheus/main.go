@@ -21,7 +21,12 @@
 //	-host HOST       listen on this host only, such as 127.0.0.1 (default
 //	                 every interface)
 //	-faults          let requests set off the proxy's own failure paths, so
-//	                 that every dashboard panel can show data (see faults.go)
+//	                 that every dashboard panel can show data (see faults.go);
+//	                 with the demo API, serve it as two replicas that the
+//	                 proxy balances over, with active health checks, passive
+//	                 ejection and retries, and let the request header
+//	                 "X-Demo-Fault: upstreams-down" fail their /api/health
+//	                 for 2s
 //	-har             keep the recent exchanges (the last 1000, bodies up to
 //	                 64 MiB in all) and serve them as a HAR file at /har on
 //	                 the metrics port; DELETE /har clears them
@@ -213,7 +218,7 @@ func start(cfg config, logger *slog.Logger) (*app, error) {
 		pl.Close()
 		return nil, usagef("-metrics-port %d: %w", cfg.metricsPort, err)
 	}
-	a := &app{errc: make(chan error, 3)}
+	a := &app{errc: make(chan error, 2+demoReplicas)} // one per server loop
 	ok := false
 	defer func() {
 		if !ok {
@@ -230,14 +235,31 @@ func start(cfg config, logger *slog.Logger) (*app, error) {
 		if err != nil {
 			return nil, err
 		}
-		ul, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
+		// Under -faults the demo API is served on several addresses, as
+		// replicas for the proxy to balance over, with faults of its own.
+		var handler http.Handler = api
+		replicas := 1
+		if cfg.faults {
+			handler = new(upstreamFaults).wrap(api)
+			replicas = demoReplicas
+			opts = append(opts, demoPoolOptions()...)
 		}
-		a.upstream = newServer(api, logger)
-		go a.serve(a.upstream, ul)
-		targets = []*url.URL{{Scheme: "http", Host: ul.Addr().String()}}
-		a.target = targets[0].String() + " (the embedded demo API)"
+		a.upstream = newServer(handler, logger)
+		names := make([]string, replicas)
+		for i := range replicas {
+			ul, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return nil, err
+			}
+			go a.serve(a.upstream, ul)
+			targets = append(targets, &url.URL{Scheme: "http", Host: ul.Addr().String()})
+			names[i] = targets[i].String()
+		}
+		what := "the embedded demo API"
+		if replicas > 1 {
+			what = fmt.Sprintf("%d replicas of the embedded demo API", replicas)
+		}
+		a.target = strings.Join(names, ", ") + " (" + what + ")"
 		opts = append(opts, tapproxy.WithRoute(routeOf(api)))
 	} else {
 		names := make([]string, len(targets))
