@@ -41,6 +41,8 @@ lists the flags for rounds, durations and sizes).
 | peak RSS at 2,000 held streams, observers that read no body | <= 1.15 x bare |
 | peak RSS at 2,000 held streams, one observer, defaults | <= 2 x bare |
 | req/s at 512 connections | >= 0.95 x bare |
+| req/s of `New` (variant `tapproxy`), and of `NewBalanced` over 3 upstreams (variant `balanced`) | >= 0.95 x bare, and >= 0.95 x `New` |
+| picking an upstream (`BenchmarkPick`) | 0 allocs, < 100 ns, for 3 and 100 upstreams |
 
 `go test` holds what is deterministic: `TestAllocsWithinBudgetOfBareProxy`
 (allocations per request against an in-memory upstream) and
@@ -65,6 +67,20 @@ comparison's, since client, proxy and upstream share the same two cores.
 
 HEAD
 	go test -run '^$' -bench BenchmarkProxy -benchmem -benchtime "$benchtime" -count "$count" . | go run ./bench/cmd/benchtable
+	cat <<HEAD
+
+### Picking an upstream
+
+Command: \`go test -run '^$' -bench BenchmarkPick -benchmem -benchtime $benchtime -count $count .\`
+(the per-request work of a pick: choosing among the candidates, counting
+the upstream in flight and releasing it; budget: no allocation and under
+100 ns, for 3 and for 100 upstreams; \`TestPickAllocs\` holds the
+allocations in CI).
+
+\`\`\`
+HEAD
+	go test -run '^$' -bench BenchmarkPick -benchmem -benchtime "$benchtime" -count "$count" . | grep '^BenchmarkPick'
+	echo '```'
 } >"$tmp"
 chmod 644 "$tmp"
 mv "$tmp" "$out"
