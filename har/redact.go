@@ -1,10 +1,10 @@
 package har
 
-import "strings"
+import (
+	"strings"
 
-// redacted stands in for a credential's value, as in the proxy's own
-// redaction.
-const redacted = "REDACTED"
+	"github.com/tapproxy/tapproxy/internal/redact"
+)
 
 // Redact hides the credentials in e as the proxy does for observers: the
 // Authorization and Proxy-Authorization headers keep only their scheme, and
@@ -19,10 +19,10 @@ func Redact(e *Entry) {
 	redactHeaders(e.Request.Headers)
 	redactHeaders(e.Response.Headers)
 	for i := range e.Request.Cookies {
-		e.Request.Cookies[i].Value = redacted
+		e.Request.Cookies[i].Value = redact.Placeholder
 	}
 	for i := range e.Response.Cookies {
-		e.Response.Cookies[i].Value = redacted
+		e.Response.Cookies[i].Value = redact.Placeholder
 	}
 }
 
@@ -30,39 +30,11 @@ func redactHeaders(hs []NameValue) {
 	for i, h := range hs {
 		switch {
 		case strings.EqualFold(h.Name, "Authorization"), strings.EqualFold(h.Name, "Proxy-Authorization"):
-			hs[i].Value = redactAuth(h.Value)
+			hs[i].Value = redact.Auth(h.Value)
 		case strings.EqualFold(h.Name, "Cookie"):
-			hs[i].Value = redactCookies(h.Value)
+			hs[i].Value = redact.Cookies(h.Value)
 		case strings.EqualFold(h.Name, "Set-Cookie"):
-			hs[i].Value = redactSetCookie(h.Value)
+			hs[i].Value = redact.SetCookie(h.Value)
 		}
 	}
-}
-
-// redactAuth keeps the scheme: "Bearer abc" becomes "Bearer REDACTED".
-func redactAuth(v string) string {
-	if scheme, _, ok := strings.Cut(v, " "); ok {
-		return scheme + " " + redacted
-	}
-	return redacted
-}
-
-// redactCookies keeps the names: "a=1; b=2" becomes "a=REDACTED; b=REDACTED".
-func redactCookies(v string) string {
-	parts := strings.Split(v, ";")
-	for i, p := range parts {
-		name, _, _ := strings.Cut(p, "=")
-		parts[i] = name + "=" + redacted
-	}
-	return strings.Join(parts, ";")
-}
-
-// redactSetCookie keeps the name and the attributes, which are not secret.
-func redactSetCookie(v string) string {
-	pair, attrs, found := strings.Cut(v, ";")
-	name, _, _ := strings.Cut(pair, "=")
-	if !found {
-		return name + "=" + redacted
-	}
-	return name + "=" + redacted + ";" + attrs
 }

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/tapproxy/tapproxy/internal/redact"
 )
 
 // requestKey is what a cassette matches a request by: the method, the
@@ -83,7 +85,9 @@ func (kr *keyer) key(method string, u *url.URL, h http.Header, body []byte) requ
 		k.body = scrub(k.body, secrets)
 	}
 	if len(kr.headers) > 0 {
-		redactRequestHeaders(req.Header)
+		// Credentials as the file has them, so that a key that includes
+		// them matches a recording whatever the live token is.
+		redact.Request(req.Header)
 		var b strings.Builder
 		for _, name := range kr.headers {
 			for _, v := range req.Header.Values(name) {
@@ -148,28 +152,6 @@ func canonicalBody(body []byte) string {
 		return string(body)
 	}
 	return string(out)
-}
-
-// redactRequestHeaders hides credentials as the file does, so that a key
-// that includes them matches a recording whatever the live token is.
-func redactRequestHeaders(h http.Header) {
-	for _, name := range []string{"Authorization", "Proxy-Authorization"} {
-		for i, v := range h[name] {
-			if scheme, _, ok := strings.Cut(v, " "); ok {
-				h[name][i] = scheme + " REDACTED"
-			} else {
-				h[name][i] = "REDACTED"
-			}
-		}
-	}
-	for i, v := range h["Cookie"] {
-		parts := strings.Split(v, ";")
-		for j, p := range parts {
-			name, _, _ := strings.Cut(p, "=")
-			parts[j] = name + "=REDACTED"
-		}
-		h["Cookie"][i] = strings.Join(parts, ";")
-	}
 }
 
 // missReport describes a request that no recorded entry answered, and the
