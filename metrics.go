@@ -111,6 +111,19 @@ func methodName(i uint8) string {
 	return knownMethods[i]
 }
 
+// portOf returns u's port, or its scheme's default when it has none.
+func portOf(u *url.URL) int {
+	if port := u.Port(); port != "" { // Atoi's error for "" allocates
+		if p, err := strconv.Atoi(port); err == nil && p != 0 {
+			return p
+		}
+	}
+	if u.Scheme == "https" {
+		return 443
+	}
+	return 80
+}
+
 // protocolVersion formats an HTTP version as the conventions want it:
 // "1.1", "2", "3".
 func protocolVersion(major, minor int) string {
@@ -402,15 +415,7 @@ func (m *meters) recordAttempt(ctx context.Context, out *http.Request, sm *excha
 		major:   sm.upMajor,
 		minor:   sm.upMinor,
 		err:     kind,
-	}
-	if port := out.URL.Port(); port != "" { // Atoi's error for "" allocates
-		k.port, _ = strconv.Atoi(port)
-	}
-	if k.port == 0 {
-		k.port = 80
-		if k.scheme == "https" {
-			k.port = 443
-		}
+		port:    portOf(out.URL),
 	}
 	opts := m.client.get(k)
 	if cd && !sm.sent.IsZero() {
@@ -590,15 +595,7 @@ type upstreamAttrs struct {
 }
 
 func (m *meters) upstreamAttrs(u *url.URL) upstreamAttrs {
-	host, port := u.Hostname(), u.Port()
-	p, _ := strconv.Atoi(port)
-	if p == 0 {
-		p = 80
-		if u.Scheme == "https" {
-			p = 443
-		}
-	}
-	addr, srvPort := semconv.ServerAddressKey.String(host), semconv.ServerPortKey.Int(p)
+	addr, srvPort := semconv.ServerAddressKey.String(u.Hostname()), semconv.ServerPortKey.Int(portOf(u))
 	base := attribute.NewSet(addr, srvPort)
 	a := upstreamAttrs{
 		active:  []metric.AddOption{metric.WithAttributeSet(base)},

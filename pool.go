@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -185,14 +186,7 @@ func upstreamKey(u *url.URL) string {
 // hostPort returns u's host in lower case with its port, the scheme's
 // default if it has none.
 func hostPort(u *url.URL) string {
-	port := u.Port()
-	if port == "" {
-		port = "80"
-		if u.Scheme == "https" {
-			port = "443"
-		}
-	}
-	return net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+	return net.JoinHostPort(strings.ToLower(u.Hostname()), strconv.Itoa(portOf(u)))
 }
 
 // checkTarget reports what is wrong with target as the target of a proxy.
